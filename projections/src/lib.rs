@@ -1,0 +1,1 @@
+//! keel-projections: the read side of keel.

@@ -1,0 +1,315 @@
+//! The stored formats: [`EventEnvelope`] and [`SnapshotEnvelope`], msgpack with named fields,
+//! and [`Upcasters`] that lift old event versions to the current one before typed decoding.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Aggregate;
+use crate::error::DecodeError;
+
+/// One stored event, as it sits in the events topic (key = aggregate key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    /// The aggregate type ([`Aggregate::TYPE`]).
+    pub aggregate_type: String,
+    /// The aggregate id within its type.
+    pub aggregate_id: String,
+    /// The aggregate's sequence number of this event: 1, 2, 3… without gaps.
+    pub seq: u64,
+    /// The event type: the event enum's variant name.
+    pub event_type: String,
+    /// The version of the payload's shape for this event type.
+    pub event_version: u32,
+    /// The id of the command that caused the event, when the caller gave one.
+    pub command_id: Option<String>,
+    /// When the event was committed, in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The event, msgpack with named fields.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl EventEnvelope {
+    /// The aggregate key `"{TYPE}/{id}"`.
+    pub fn key(&self) -> String {
+        crate::log::aggregate_key(&self.aggregate_type, &self.aggregate_id)
+    }
+
+    /// Encodes the envelope for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain structs of strings, integers and bytes into a Vec cannot fail.
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    /// Decodes an envelope read from `location` (named in the error).
+    pub fn decode(bytes: &[u8], location: &dyn fmt::Display) -> Result<Self, DecodeError> {
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError {
+            what: "event envelope".into(),
+            location: location.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Decodes the payload as an event of `A`, upcasting older versions first.
+    pub fn decode_event<A: Aggregate>(
+        &self,
+        upcasters: &Upcasters,
+        location: &dyn fmt::Display,
+    ) -> Result<A::Event, DecodeError> {
+        let err = |reason: String| DecodeError {
+            what: format!("event {} v{}", self.event_type, self.event_version),
+            location: location.to_string(),
+            reason,
+        };
+        let current = upcasters.current_version(&self.event_type);
+        if self.event_version == current {
+            return rmp_serde::from_slice(&self.payload).map_err(|e| err(e.to_string()));
+        }
+        if self.event_version > current {
+            return Err(err(format!(
+                "unknown version: this build reads {} up to v{current}",
+                self.event_type
+            )));
+        }
+        let mut value = rmpv::decode::read_value(&mut &self.payload[..])
+            .map_err(|e| err(format!("payload is not msgpack: {e}")))?;
+        for version in self.event_version..current {
+            value = upcasters.upcast(&self.event_type, version, value).map_err(|e| {
+                err(format!("upcasting {} v{version}: {e}", self.event_type))
+            })?;
+        }
+        rmpv::ext::from_value(value).map_err(|e| err(format!("after upcasting: {e}")))
+    }
+}
+
+/// Encodes a typed event: its payload, its type name and its current version.
+pub(crate) fn encode_event<A: Aggregate>(
+    event: &A::Event,
+    upcasters: &Upcasters,
+) -> Result<(String, u32, Vec<u8>), String> {
+    let payload = rmp_serde::to_vec_named(event).map_err(|e| e.to_string())?;
+    let event_type = event_type_of(&payload)?;
+    let version = upcasters.current_version(&event_type);
+    Ok((event_type, version, payload))
+}
+
+/// The variant name of an externally tagged enum encoded as msgpack: a map with one key for
+/// variants with data, a bare string for unit variants.
+fn event_type_of(payload: &[u8]) -> Result<String, String> {
+    let mut rd = payload;
+    let marker = rmp::decode::read_marker(&mut rd).map_err(|e| format!("{e:?}"))?;
+    use rmp::Marker;
+    let mut rd = payload;
+    match marker {
+        Marker::FixMap(1) | Marker::Map16 | Marker::Map32 => {
+            rmp::decode::read_map_len(&mut rd).map_err(|e| e.to_string())?;
+            read_str(&mut rd)
+        }
+        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => read_str(&mut rd),
+        other => Err(format!(
+            "events must serialize as an enum (externally tagged); got msgpack {other:?}"
+        )),
+    }
+}
+
+fn read_str(rd: &mut &[u8]) -> Result<String, String> {
+    let len = rmp::decode::read_str_len(rd).map_err(|e| e.to_string())? as usize;
+    let bytes = rd
+        .get(..len)
+        .ok_or_else(|| "truncated event type".to_string())?;
+    String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())
+}
+
+/// One stored snapshot (key = aggregate key in the snapshots topic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotEnvelope {
+    /// The sequence number of the last event the state includes.
+    pub seq: u64,
+    /// The offset, in the aggregate's events partition, of the last event the state includes.
+    pub covered_offset: Option<u64>,
+    /// [`Aggregate::STATE_VERSION`] of the code that wrote it.
+    pub state_version: u32,
+    /// The state, msgpack with named fields.
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
+    /// The aggregate's recent command ids and their outcomes (the idempotency window),
+    /// msgpack with named fields.
+    #[serde(with = "serde_bytes")]
+    pub recent_commands: Vec<u8>,
+}
+
+impl SnapshotEnvelope {
+    /// Encodes the snapshot for the store.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    /// Decodes a snapshot of the aggregate at `location`.
+    pub fn decode(bytes: &[u8], location: &dyn fmt::Display) -> Result<Self, DecodeError> {
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError {
+            what: "snapshot envelope".into(),
+            location: location.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A function that lifts one event type's payload from version `v` to `v + 1`, on the raw
+/// msgpack value (the externally tagged enum: `{"VariantName": {fields…}}`).
+pub type UpcastFn = Arc<dyn Fn(rmpv::Value) -> Result<rmpv::Value, String> + Send + Sync>;
+
+/// The upcasters of one aggregate type, keyed by (event type, from version).
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    steps: HashMap<(String, u32), UpcastFn>,
+    current: HashMap<String, u32>,
+}
+
+impl fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upcasters")
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+impl Upcasters {
+    /// No upcasters: every event type is at version 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the step from `from_version` to `from_version + 1` of `event_type`. Steps must
+    /// be registered for every version from 1 up; the last one defines the current version.
+    pub fn register(
+        mut self,
+        event_type: &str,
+        from_version: u32,
+        step: impl Fn(rmpv::Value) -> Result<rmpv::Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.steps
+            .insert((event_type.to_string(), from_version), Arc::new(step));
+        let current = self.current.entry(event_type.to_string()).or_insert(1);
+        *current = (*current).max(from_version + 1);
+        self
+    }
+
+    /// The version new events of `event_type` are written with.
+    pub fn current_version(&self, event_type: &str) -> u32 {
+        self.current.get(event_type).copied().unwrap_or(1)
+    }
+
+    fn upcast(
+        &self,
+        event_type: &str,
+        from_version: u32,
+        value: rmpv::Value,
+    ) -> Result<rmpv::Value, String> {
+        let step = self
+            .steps
+            .get(&(event_type.to_string(), from_version))
+            .ok_or_else(|| format!("no upcaster registered from v{from_version}"))?;
+        step(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Ev {
+        Renamed { name: String, reason: String },
+        Cleared,
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct Agg;
+    impl Aggregate for Agg {
+        const TYPE: &'static str = "Agg";
+        type Command = ();
+        type Event = Ev;
+        type Error = std::io::Error;
+        fn handle(&self, _: ()) -> Result<Vec<Ev>, std::io::Error> {
+            Ok(vec![])
+        }
+        fn apply(&mut self, _: &Ev) {}
+    }
+
+    fn envelope(event_type: &str, version: u32, payload: Vec<u8>) -> EventEnvelope {
+        EventEnvelope {
+            aggregate_type: "Agg".into(),
+            aggregate_id: "1".into(),
+            seq: 1,
+            event_type: event_type.into(),
+            event_version: version,
+            command_id: None,
+            timestamp_ms: 0,
+            payload,
+        }
+    }
+
+    #[test]
+    fn event_type_is_the_variant_name() {
+        let up = Upcasters::new();
+        let (ty, v, _) = encode_event::<Agg>(
+            &Ev::Renamed {
+                name: "a".into(),
+                reason: "b".into(),
+            },
+            &up,
+        )
+        .unwrap();
+        assert_eq!((ty.as_str(), v), ("Renamed", 1));
+        let (ty, _, _) = encode_event::<Agg>(&Ev::Cleared, &up).unwrap();
+        assert_eq!(ty, "Cleared");
+    }
+
+    #[test]
+    fn an_old_version_is_upcast_before_decoding() {
+        // v1 of Renamed had no `reason`.
+        #[derive(Serialize)]
+        enum V1 {
+            Renamed { name: String },
+        }
+        let payload = rmp_serde::to_vec_named(&V1::Renamed { name: "x".into() }).unwrap();
+        let upcasters = Upcasters::new().register("Renamed", 1, |mut v| {
+            let fields = v
+                .as_map_mut()
+                .and_then(|m| m.first_mut())
+                .and_then(|(_, f)| f.as_map_mut())
+                .ok_or("not a Renamed map")?;
+            fields.push(("reason".into(), "unknown".into()));
+            Ok(v)
+        });
+        let env = envelope("Renamed", 1, payload);
+        let ev = env.decode_event::<Agg>(&upcasters, &"test").unwrap();
+        assert_eq!(
+            ev,
+            Ev::Renamed {
+                name: "x".into(),
+                reason: "unknown".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_version_names_the_location() {
+        let env = envelope("Renamed", 7, vec![0xc0]);
+        let err = env
+            .decode_event::<Agg>(&Upcasters::new(), &"partition 3, offset 42")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("partition 3, offset 42"), "{text}");
+        assert!(text.contains("unknown version"), "{text}");
+    }
+
+    #[test]
+    fn garbage_envelope_is_an_error_not_a_panic() {
+        let err = EventEnvelope::decode(&[0xff, 0x00, 0x13], &"partition 0, offset 9").unwrap_err();
+        assert!(err.to_string().contains("offset 9"));
+    }
+}

@@ -1,0 +1,1 @@
+//! [`EmbeddedLog`]: the default, durable, single-process backend.
