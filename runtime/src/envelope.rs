@@ -81,7 +81,12 @@ impl EventEnvelope {
                 err(format!("upcasting {} v{version}: {e}", self.event_type))
             })?;
         }
-        rmpv::ext::from_value(value).map_err(|e| err(format!("after upcasting: {e}")))
+        // Re-encode and decode with rmp-serde, so upcast and current payloads take the same
+        // decoding path (rmpv's own deserializer reads enums differently).
+        let mut bytes = Vec::with_capacity(self.payload.len() + 16);
+        rmpv::encode::write_value(&mut bytes, &value)
+            .map_err(|e| err(format!("re-encoding after upcasting: {e}")))?;
+        rmp_serde::from_slice(&bytes).map_err(|e| err(format!("after upcasting: {e}")))
     }
 }
 
@@ -276,14 +281,14 @@ mod tests {
             Renamed { name: String },
         }
         let payload = rmp_serde::to_vec_named(&V1::Renamed { name: "x".into() }).unwrap();
-        let upcasters = Upcasters::new().register("Renamed", 1, |mut v| {
-            let fields = v
-                .as_map_mut()
-                .and_then(|m| m.first_mut())
-                .and_then(|(_, f)| f.as_map_mut())
-                .ok_or("not a Renamed map")?;
-            fields.push(("reason".into(), "unknown".into()));
-            Ok(v)
+        let upcasters = Upcasters::new().register("Renamed", 1, |v| match v {
+            rmpv::Value::Map(mut variant) => {
+                if let Some((_, rmpv::Value::Map(fields))) = variant.first_mut() {
+                    fields.push(("reason".into(), "unknown".into()));
+                }
+                Ok(rmpv::Value::Map(variant))
+            }
+            other => Err(format!("not a Renamed map: {other}")),
         });
         let env = envelope("Renamed", 1, payload);
         let ev = env.decode_event::<Agg>(&upcasters, &"test").unwrap();
