@@ -1,15 +1,51 @@
-//! keel: an embeddable event-sourcing runtime.
+//! keel: an embeddable event-sourcing runtime. Every live aggregate instance is a ractor
+//! actor; its events are durable in a Kafka-shaped log before a command is answered.
+//!
+//! # Layout
+//!
+//! | file | concept |
+//! |---|---|
+//! | `aggregate.rs` | [`Aggregate`]: the domain seam — `handle` decides, `apply` evolves |
+//! | `envelope.rs` | [`EventEnvelope`], [`SnapshotEnvelope`], [`Upcasters`]: stored formats |
+//! | `log.rs` | the log model and storage seams: [`EventLog`], [`SnapshotStore`], [`CheckpointStore`] |
+//! | `log/memory.rs` | [`MemoryLog`]: for tests |
+//! | `log/embedded.rs` | [`EmbeddedLog`]: the durable default, group-committed |
+//! | `runtime.rs` | [`Runtime`], [`RuntimeBuilder`]: start, ownership, shutdown |
+//! | `config.rs` | [`RuntimeConfig`], [`SnapshotPolicy`]: limits and timers with their defaults |
+//! | `handle.rs` | [`AggregateHandle`]: the typed command API |
+//! | `shard.rs` | the shard actor per partition: get-or-spawn, passivation, recovery |
+//! | `partition.rs` | the recovery index and checkpoint of one partition |
+//! | `instance.rs` | the aggregate actor: activation, one command at a time, snapshots |
+//! | `testkit.rs` | [`TestFramework`]: given/when/then for aggregates, no runtime |
+//! | `metrics.rs` | metric names |
+//! | `error.rs` | [`CommandError`], [`StorageError`], [`DecodeError`], [`Error`] |
+//!
+//! The runtime's guarantees (ordering, durability, passivation, recovery) are written down in
+//! `docs/runtime-semantics.md`.
 
 mod aggregate;
+mod config;
 mod envelope;
 mod error;
+mod handle;
+mod instance;
 mod log;
+pub mod metrics;
+mod partition;
+mod runtime;
+mod shard;
+mod testkit;
 
 pub use aggregate::Aggregate;
+pub use config::{RuntimeConfig, SnapshotPolicy};
 pub use envelope::{EventEnvelope, SnapshotEnvelope, UpcastFn, Upcasters};
 pub use error::{CommandError, DecodeError, Error, StorageError};
+pub use handle::{AggregateHandle, SendOptions};
+pub use instance::Committed;
 pub use log::memory::MemoryLog;
 pub use log::{
     CheckpointStore, EventLog, LogBackend, LogRecord, Offset, Position, SnapshotStore,
     StoredRecord, aggregate_key, partition_for,
 };
+pub use runtime::{Runtime, RuntimeBuilder};
+pub use testkit::TestFramework;

@@ -1,0 +1,103 @@
+//! [`RuntimeConfig`]: every limit and timer of the runtime, with documented defaults.
+
+use std::time::Duration;
+
+/// When to write snapshots. A snapshot bounds the replay of one aggregate's activation;
+/// the partition checkpoint built from snapshots bounds a restart's recovery scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot after this many events since the last snapshot. Default = 100.
+    pub every_events: u64,
+    /// Snapshot when an actor is passivated with events since the last snapshot. Default = true.
+    pub on_passivation: bool,
+    /// Snapshot right after an activation that replayed more than `every_events` events.
+    /// Default = true.
+    pub after_long_replay: bool,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            every_events: 100,
+            on_passivation: true,
+            after_long_replay: true,
+        }
+    }
+}
+
+/// The runtime's limits and timers. Build one with [`RuntimeBuilder`](crate::RuntimeBuilder).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The application id: instances with the same id share the work. Default = `"keel"`.
+    pub app_id: String,
+    /// An aggregate actor idle this long is passivated. Default = 60 s.
+    pub idle_timeout: Duration,
+    /// At most this many live aggregate actors in this process; beyond it the least recently
+    /// used are passivated. Default = 10 000.
+    pub max_live_actors: usize,
+    /// At most this many commands queued for one aggregate; beyond it `Overloaded`.
+    /// Default = 256.
+    pub mailbox_capacity: usize,
+    /// At most this many commands in flight in the whole runtime; beyond it `Overloaded`.
+    /// Default = 65 536.
+    pub max_in_flight: usize,
+    /// At most this many aggregates loading their history at once. Default = 64.
+    pub max_concurrent_activations: usize,
+    /// When to snapshot. Default = [`SnapshotPolicy::default`].
+    pub snapshots: SnapshotPolicy,
+    /// The default timeout of a command, from send to reply. Default = 30 s.
+    pub command_timeout: Duration,
+    /// How many recent command ids each aggregate remembers for deduplication. Default = 128.
+    pub dedup_window: usize,
+    /// How often shards look for idle actors and commit their recovery checkpoint.
+    /// Default = 1 s (and never more than half the idle timeout).
+    pub maintenance_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            app_id: "keel".into(),
+            idle_timeout: Duration::from_secs(60),
+            max_live_actors: 10_000,
+            mailbox_capacity: 256,
+            max_in_flight: 65_536,
+            max_concurrent_activations: 64,
+            snapshots: SnapshotPolicy::default(),
+            command_timeout: Duration::from_secs(30),
+            dedup_window: 128,
+            maintenance_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        let positive = [
+            ("max_live_actors", self.max_live_actors),
+            ("mailbox_capacity", self.mailbox_capacity),
+            ("max_in_flight", self.max_in_flight),
+            ("max_concurrent_activations", self.max_concurrent_activations),
+            ("snapshots.every_events", self.snapshots.every_events as usize),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(crate::Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.idle_timeout.is_zero() || self.maintenance_interval.is_zero() {
+            return Err(crate::Error::Config(
+                "idle_timeout and maintenance_interval must be positive".into(),
+            ));
+        }
+        if self.app_id.is_empty() {
+            return Err(crate::Error::Config("app_id must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// How often the shard's maintenance tick runs.
+    pub(crate) fn tick(&self) -> Duration {
+        self.maintenance_interval.min(self.idle_timeout / 2).max(Duration::from_millis(1))
+    }
+}

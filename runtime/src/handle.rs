@@ -1,0 +1,334 @@
+//! [`AggregateHandle`]: the typed, cloneable command API of one aggregate type.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ractor::{Actor, MessagingErr};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use crate::aggregate::Aggregate;
+use crate::envelope::Upcasters;
+use crate::error::CommandError;
+use crate::instance::{AggregateActor, AggregateArgs, AggregateMsg, Committed, QueryFn, Reply};
+use crate::log::{aggregate_key, partition_for};
+use crate::metrics as m;
+use crate::runtime::Shared;
+use crate::shard::{ActivateError, LiveEntry, ShardMsg, Spawner};
+
+/// Options of one command.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// An id that makes the command idempotent: a retry with the same id returns the first
+    /// outcome instead of appending again (within the aggregate's dedup window).
+    pub command_id: Option<String>,
+    /// How long to wait for the reply. Default = the runtime's command timeout.
+    pub timeout: Option<Duration>,
+}
+
+impl SendOptions {
+    /// Options with a command id.
+    pub fn with_id(command_id: impl Into<String>) -> Self {
+        SendOptions {
+            command_id: Some(command_id.into()),
+            timeout: None,
+        }
+    }
+
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// Sends commands to aggregates of type `A`. Cheap to clone and share across tasks.
+pub struct AggregateHandle<A: Aggregate> {
+    shared: Arc<Shared>,
+    upcasters: Arc<Upcasters>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> Clone for AggregateHandle<A> {
+    fn clone(&self) -> Self {
+        AggregateHandle {
+            shared: self.shared.clone(),
+            upcasters: self.upcasters.clone(),
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+/// A command or query on its way to an actor; taken back out of a message the actor's
+/// closed mailbox refused.
+enum Request<A: Aggregate> {
+    Command {
+        command: A::Command,
+        command_id: Option<String>,
+        reply: Reply<A>,
+    },
+    Query(QueryFn<A>),
+}
+
+impl<A: Aggregate> Request<A> {
+    fn into_message(self, permit: OwnedSemaphorePermit) -> AggregateMsg<A> {
+        match self {
+            Request::Command {
+                command,
+                command_id,
+                reply,
+            } => AggregateMsg::Command {
+                command,
+                command_id,
+                reply,
+                _permit: permit,
+            },
+            Request::Query(query) => AggregateMsg::Query {
+                query,
+                _permit: permit,
+            },
+        }
+    }
+
+    fn from_message(message: AggregateMsg<A>) -> (Self, OwnedSemaphorePermit) {
+        match message {
+            AggregateMsg::Command {
+                command,
+                command_id,
+                reply,
+                _permit,
+            } => (
+                Request::Command {
+                    command,
+                    command_id,
+                    reply,
+                },
+                _permit,
+            ),
+            AggregateMsg::Query { query, _permit } => (Request::Query(query), _permit),
+        }
+    }
+}
+
+fn stopped<E: std::error::Error>(key: &str) -> CommandError<E> {
+    CommandError::Panicked {
+        aggregate: key.to_string(),
+        message: "the actor stopped without answering".into(),
+    }
+}
+
+/// How often a command is re-routed when its actor stopped between lookup and send.
+const MAX_ROUTES: usize = 8;
+
+impl<A: Aggregate> AggregateHandle<A> {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        AggregateHandle {
+            shared,
+            upcasters: Arc::new(A::upcasters()),
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Sends `command` to aggregate `id` and waits for the outcome. `Ok` means the events are
+    /// durable in the log.
+    pub async fn send(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        self.send_with(id, command, SendOptions::default()).await
+    }
+
+    /// Sends `command` with options (command id, timeout).
+    pub async fn send_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: SendOptions,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        let started = tokio::time::Instant::now();
+        let timeout = options.timeout.unwrap_or(self.shared.config.command_timeout);
+        let key = aggregate_key(A::TYPE, id);
+        let result = match tokio::time::timeout(
+            timeout,
+            self.route(&key, id, command, options.command_id),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(CommandError::Timeout(timeout, format!("a reply from {key}"))),
+        };
+        metrics::histogram!(m::COMMAND_LATENCY, "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Runs `query` on the current state of aggregate `id` (activating it if needed), in line
+    /// with its commands: it sees every command answered before it was sent.
+    pub async fn query<R: Send + 'static>(
+        &self,
+        id: &str,
+        query: impl FnOnce(&A) -> R + Send + 'static,
+    ) -> Result<R, CommandError<A::Error>> {
+        let key = aggregate_key(A::TYPE, id);
+        let (reply, answer) = oneshot::channel();
+        let request = Request::<A>::Query(Box::new(move |state| {
+            let _ = reply.send(state.map(|(state, _seq)| query(state)));
+        }));
+        let timeout = self.shared.config.command_timeout;
+        let routed = tokio::time::timeout(timeout, async {
+            self.deliver(&key, id, request).await?;
+            answer.await.unwrap_or_else(|_| Err(stopped(&key)))
+        });
+        routed
+            .await
+            .unwrap_or_else(|_| Err(CommandError::Timeout(timeout, format!("a reply from {key}"))))
+    }
+
+    async fn route(
+        &self,
+        key: &str,
+        id: &str,
+        command: A::Command,
+        command_id: Option<String>,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        let (reply, answer) = oneshot::channel();
+        self.deliver(
+            key,
+            id,
+            Request::Command {
+                command,
+                command_id,
+                reply,
+            },
+        )
+        .await?;
+        answer.await.unwrap_or_else(|_| Err(stopped(key)))
+    }
+
+    /// Puts `request` in the mailbox of the live actor of `key`, activating it when needed
+    /// and re-routing when the actor turns out to be draining.
+    async fn deliver(
+        &self,
+        key: &str,
+        id: &str,
+        mut request: Request<A>,
+    ) -> Result<(), CommandError<A::Error>> {
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            return Err(CommandError::ShuttingDown);
+        }
+        let mut permit = self
+            .shared
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                metrics::counter!(m::OVERLOADED, "limit" => "in_flight").increment(1);
+                CommandError::Overloaded(format!(
+                    "{} commands in flight (max_in_flight)",
+                    self.shared.config.max_in_flight
+                ))
+            })?;
+        for _ in 0..MAX_ROUTES {
+            let entry = match self.shared.registry.get(key).map(|e| e.clone()) {
+                Some(entry) => entry,
+                None => self.activate(key, id).await?,
+            };
+            let capacity = self.shared.config.mailbox_capacity;
+            if entry.queued.fetch_add(1, Ordering::Relaxed) >= capacity {
+                entry.queued.fetch_sub(1, Ordering::Relaxed);
+                metrics::counter!(m::OVERLOADED, "limit" => "mailbox").increment(1);
+                return Err(CommandError::Overloaded(format!(
+                    "{capacity} commands already queued for {key} (mailbox_capacity)"
+                )));
+            }
+            entry
+                .last_used
+                .store(self.shared.now_ms(), Ordering::Relaxed);
+            match entry.cell.send_message(request.into_message(permit)) {
+                Ok(()) => return Ok(()),
+                Err(MessagingErr::SendErr(message)) => {
+                    // The actor is draining: its mailbox is closed. Route again; the shard
+                    // waits for the old actor to stop before activating a new one.
+                    entry.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.shared.unregister(key, entry.cell.get_id());
+                    (request, permit) = Request::from_message(message);
+                }
+                Err(other) => {
+                    return Err(CommandError::Panicked {
+                        aggregate: key.to_string(),
+                        message: format!("cannot deliver the command: {other}"),
+                    });
+                }
+            }
+        }
+        Err(CommandError::Overloaded(format!(
+            "{key} kept restarting while routing the command"
+        )))
+    }
+
+    /// Asks the partition's shard for the live actor of `key`, spawning it if needed.
+    async fn activate(
+        &self,
+        key: &str,
+        id: &str,
+    ) -> Result<Arc<LiveEntry>, CommandError<A::Error>> {
+        let partition = partition_for(key, self.shared.partitions);
+        let Some(shard) = self.shared.shards.get(&partition).map(|s| s.clone()) else {
+            if self.shared.shutting_down.load(Ordering::Relaxed) {
+                return Err(CommandError::ShuttingDown);
+            }
+            return Err(CommandError::NotOwner {
+                partition,
+                owner: self.shared.owner_of.get(&partition).map(|o| o.clone()),
+            });
+        };
+        let shared = self.shared.clone();
+        let upcasters = self.upcasters.clone();
+        let (key_owned, id_owned) = (key.to_string(), id.to_string());
+        let spawner: Spawner = Box::new(move |supervisor, part, queued| {
+            Box::pin(async move {
+                let args = AggregateArgs {
+                    key: key_owned,
+                    id: id_owned,
+                    shared,
+                    partition: part,
+                    queued,
+                    upcasters,
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, AggregateActor::<A>::new(), args, supervisor)
+                        .await?;
+                Ok(actor.get_cell())
+            })
+        });
+        let (reply, answer) = oneshot::channel();
+        let sent = shard.send_message(ShardMsg::Activate {
+            key: key.to_string(),
+            spawner,
+            reply,
+        });
+        let not_serving = || {
+            if self.shared.shutting_down.load(Ordering::Relaxed) {
+                CommandError::ShuttingDown
+            } else {
+                CommandError::NotOwner {
+                    partition,
+                    owner: self.shared.owner_of.get(&partition).map(|o| o.clone()),
+                }
+            }
+        };
+        if sent.is_err() {
+            return Err(not_serving());
+        }
+        match answer.await {
+            Ok(Ok(entry)) => Ok(entry),
+            Ok(Err(ActivateError::ShuttingDown)) | Err(_) => Err(not_serving()),
+            Ok(Err(ActivateError::Spawn(reason))) => Err(CommandError::Panicked {
+                aggregate: key.to_string(),
+                message: format!("cannot start the actor: {reason}"),
+            }),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! [`PartitionState`]: what a shard knows about its partition's recent history — the recovery
+//! index and the checkpoint it implies.
+//!
+//! The **recovery index** lists, per aggregate key, the offsets of its events that no snapshot
+//! covers yet. An activation reads the key's snapshot, then exactly those offsets after it —
+//! no scan. The **checkpoint** is the lowest offset in the index (or the partition's end when
+//! the index is empty): every event below it is covered by its aggregate's snapshot, so a
+//! restart scans the partition from the checkpoint, never from the beginning.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::log::Offset;
+
+/// Shared by a shard and its aggregate actors. A std `Mutex`, not a tokio one: it guards
+/// a few map operations and is never held across an `.await`.
+pub(crate) struct PartitionState {
+    pub(crate) partition: u32,
+    index: Mutex<RecoveryIndex>,
+}
+
+#[derive(Default)]
+struct RecoveryIndex {
+    /// Offsets of events not covered by a snapshot, per aggregate key, ascending.
+    uncovered: HashMap<String, Vec<Offset>>,
+    /// The offset after the last event this instance knows of.
+    end: Offset,
+}
+
+impl PartitionState {
+    pub(crate) fn new(partition: u32, end: Offset) -> Self {
+        PartitionState {
+            partition,
+            index: Mutex::new(RecoveryIndex {
+                uncovered: HashMap::new(),
+                end,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecoveryIndex> {
+        // Every critical section below leaves the index consistent at each step, so a
+        // panic elsewhere that poisoned the lock left nothing half-done.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records events of `key` at `offsets` (ascending), not yet covered by a snapshot.
+    pub(crate) fn record(&self, key: &str, offsets: impl IntoIterator<Item = Offset>) {
+        let mut index = self.lock();
+        let mut last = None;
+        let entry = index.uncovered.entry(key.to_string()).or_default();
+        for offset in offsets {
+            entry.push(offset);
+            last = Some(offset);
+        }
+        if entry.is_empty() {
+            index.uncovered.remove(key);
+        }
+        if let Some(last) = last {
+            index.end = index.end.max(last + 1);
+        }
+    }
+
+    /// A snapshot of `key` now covers every event up to and including `offset`.
+    pub(crate) fn covered(&self, key: &str, offset: Offset) {
+        let mut index = self.lock();
+        if let Some(offsets) = index.uncovered.get_mut(key) {
+            offsets.retain(|o| *o > offset);
+            if offsets.is_empty() {
+                index.uncovered.remove(key);
+            }
+        }
+    }
+
+    /// The offsets of `key`'s events after `after` (all of them when `None`).
+    pub(crate) fn offsets_after(&self, key: &str, after: Option<Offset>) -> Vec<Offset> {
+        let index = self.lock();
+        index
+            .uncovered
+            .get(key)
+            .map(|offsets| {
+                offsets
+                    .iter()
+                    .copied()
+                    .filter(|o| after.is_none_or(|after| *o > after))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The recovery checkpoint: no event below it needs replaying.
+    pub(crate) fn checkpoint(&self) -> Offset {
+        let index = self.lock();
+        index
+            .uncovered
+            .values()
+            .filter_map(|offsets| offsets.first().copied())
+            .min()
+            .unwrap_or(index.end)
+    }
+
+    /// Keys with uncovered events (used after recovery to check them against snapshots).
+    pub(crate) fn uncovered_keys(&self) -> Vec<String> {
+        self.lock().uncovered.keys().cloned().collect()
+    }
+
+    /// How many uncovered events the index holds.
+    pub(crate) fn uncovered_events(&self) -> usize {
+        self.lock().uncovered.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_is_the_lowest_uncovered_offset() {
+        let p = PartitionState::new(0, 10);
+        assert_eq!(p.checkpoint(), 10);
+        p.record("A/1", [10, 12]);
+        p.record("A/2", [11, 13]);
+        assert_eq!(p.checkpoint(), 10);
+        p.covered("A/1", 12);
+        assert_eq!(p.checkpoint(), 11);
+        assert_eq!(p.offsets_after("A/2", Some(11)), vec![13]);
+        p.covered("A/2", 13);
+        assert_eq!(p.checkpoint(), 14);
+        assert_eq!(p.uncovered_events(), 0);
+    }
+}

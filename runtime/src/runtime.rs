@@ -1,0 +1,358 @@
+//! [`Runtime`]: starts shards for the owned partitions, hands out typed command handles and
+//! shuts down gracefully.
+
+use std::any::TypeId;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorId, ActorRef};
+use tokio::sync::{Semaphore, oneshot};
+use tracing::info;
+
+use crate::aggregate::Aggregate;
+use crate::config::{RuntimeConfig, SnapshotPolicy};
+use crate::error::Error;
+use crate::handle::AggregateHandle;
+use crate::log::LogBackend;
+use crate::metrics as m;
+use crate::shard::{LiveEntry, Shard, ShardArgs, ShardMsg};
+
+/// The aggregate runtime. Cheap to clone; every clone drives the same runtime.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # async fn demo() -> Result<(), keel::Error> {
+/// let runtime = keel::Runtime::builder()
+///     .backend(Arc::new(keel::MemoryLog::new(8)))
+///     .start()
+///     .await?;
+/// // let stock = runtime.aggregate::<StockItem>();
+/// // stock.send("store-1:sku-9", ReceiveShipment { .. }).await?;
+/// runtime.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the runtime, its shards, its actors and its handles.
+pub(crate) struct Shared {
+    pub(crate) backend: Arc<dyn LogBackend>,
+    pub(crate) config: RuntimeConfig,
+    pub(crate) partitions: u32,
+    /// Live aggregate actors by key: the command path's lock-free lookup.
+    pub(crate) registry: DashMap<String, Arc<LiveEntry>>,
+    /// The shard of every partition this instance owns.
+    pub(crate) shards: DashMap<u32, ActorRef<ShardMsg>>,
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) activations: Semaphore,
+    pub(crate) live: AtomicUsize,
+    pub(crate) shutting_down: AtomicBool,
+    started: tokio::time::Instant,
+    types: DashMap<&'static str, TypeId>,
+    /// Tells callers where a partition this instance does not own lives.
+    pub(crate) owner_of: DashMap<u32, String>,
+}
+
+impl Shared {
+    /// Milliseconds since the runtime started (tokio time, so paused-time tests control it).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Removes `key` from the registry if it still points at actor `id`.
+    pub(crate) fn unregister(&self, key: &str, id: ActorId) {
+        self.registry.remove_if(key, |_, entry| entry.cell.get_id() == id);
+    }
+
+    /// Starts passivating one actor: out of the registry, then drained. Returns false when it
+    /// was already on its way out.
+    pub(crate) fn passivate(&self, key: &str, entry: &Arc<LiveEntry>) -> bool {
+        let removed = self
+            .registry
+            .remove_if(key, |_, e| Arc::ptr_eq(e, entry))
+            .is_some();
+        if removed {
+            let _ = entry.cell.drain();
+        }
+        removed
+    }
+
+    /// Passivates the least recently used actors until `live` is back under the cap (plus a
+    /// little headroom, so a full runtime does not scan the registry on every activation).
+    pub(crate) fn evict_least_recently_used(&self, live: usize) {
+        let cap = self.config.max_live_actors;
+        let draining = live.saturating_sub(self.registry.len());
+        let target = cap.saturating_sub(cap / 16);
+        let excess = live.saturating_sub(draining).saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        let mut candidates: Vec<(u64, String, Arc<LiveEntry>)> = self
+            .registry
+            .iter()
+            .map(|e| {
+                (
+                    e.value().last_used.load(Ordering::Relaxed),
+                    e.key().clone(),
+                    e.value().clone(),
+                )
+            })
+            .collect();
+        let excess = excess.min(candidates.len());
+        if excess == 0 {
+            return;
+        }
+        candidates.select_nth_unstable_by_key(excess - 1, |c| c.0);
+        for (_, key, entry) in candidates.into_iter().take(excess) {
+            if self.passivate(&key, &entry) {
+                metrics::counter!(m::PASSIVATIONS, "reason" => "capacity").increment(1);
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// A builder with the default configuration; a backend is required.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The typed command handle of aggregate type `A`.
+    ///
+    /// # Panics
+    /// If another Rust type already registered the same [`Aggregate::TYPE`] name: two types
+    /// sharing one key space would corrupt each other's history.
+    pub fn aggregate<A: Aggregate>(&self) -> AggregateHandle<A> {
+        let id = TypeId::of::<A>();
+        let existing = *self.shared.types.entry(A::TYPE).or_insert(id);
+        assert!(
+            existing == id,
+            "two aggregate types are both named {:?}; Aggregate::TYPE must be unique",
+            A::TYPE
+        );
+        AggregateHandle::new(self.shared.clone())
+    }
+
+    /// The log backend the runtime writes to.
+    pub fn backend(&self) -> Arc<dyn LogBackend> {
+        self.shared.backend.clone()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.shared.config
+    }
+
+    /// How many aggregate actors are live (including ones passivating).
+    pub fn live_actors(&self) -> usize {
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether the actor of `A`/`id` is live and accepting commands right now.
+    pub fn is_live<A: Aggregate>(&self, id: &str) -> bool {
+        self.shared
+            .registry
+            .contains_key(&crate::log::aggregate_key(A::TYPE, id))
+    }
+
+    /// The partitions this instance owns, ascending.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        let mut owned: Vec<u32> = self.shared.shards.iter().map(|e| *e.key()).collect();
+        owned.sort_unstable();
+        owned
+    }
+
+    /// Starts serving `partitions` (recovering each first). Used by ownership integrations
+    /// such as the Kafka consumer group; partitions already owned are skipped.
+    pub async fn assign(&self, partitions: &[u32]) -> Result<(), Error> {
+        let mut started = Vec::new();
+        for &partition in partitions {
+            if partition >= self.shared.partitions {
+                return Err(Error::Config(format!(
+                    "partition {partition} out of range (the log has {})",
+                    self.shared.partitions
+                )));
+            }
+            if self.shared.shards.contains_key(&partition) {
+                continue;
+            }
+            let shared = self.shared.clone();
+            started.push(async move {
+                let (shard, _) = Actor::spawn(None, Shard, ShardArgs { shared, partition })
+                    .await
+                    .map_err(|e| Error::Spawn {
+                        what: format!("shard of partition {partition}"),
+                        reason: e.to_string(),
+                    })?;
+                Ok::<_, Error>((partition, shard))
+            });
+        }
+        for result in futures::future::join_all(started).await {
+            let (partition, shard) = result?;
+            self.shared.owner_of.remove(&partition);
+            self.shared.shards.insert(partition, shard);
+        }
+        Ok(())
+    }
+
+    /// Stops serving `partitions`: new commands get `NotOwner`, live actors drain and snapshot,
+    /// the checkpoints are committed. `owner` names the new owner's endpoint when known.
+    pub async fn revoke(&self, partitions: &[u32], owner: Option<String>) {
+        let mut stopped = Vec::new();
+        for &partition in partitions {
+            if let Some(owner) = &owner {
+                self.shared.owner_of.insert(partition, owner.clone());
+            }
+            if let Some((_, shard)) = self.shared.shards.remove(&partition) {
+                let (tx, rx) = oneshot::channel();
+                if shard.send_message(ShardMsg::Stop { reply: tx }).is_ok() {
+                    stopped.push(rx);
+                }
+            }
+        }
+        futures::future::join_all(stopped).await;
+    }
+
+    /// Records where a partition this instance does not own is served, for `NotOwner` errors.
+    pub fn set_owner(&self, partition: u32, endpoint: impl Into<String>) {
+        self.shared.owner_of.insert(partition, endpoint.into());
+    }
+
+    /// Graceful shutdown: refuses new commands, lets every admitted command finish, snapshots
+    /// live actors, commits the recovery checkpoints and closes the backend. When it returns,
+    /// everything acknowledged is durable in the backend.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let partitions = self.owned_partitions();
+        self.revoke(&partitions, None).await;
+        self.shared.backend.close().await?;
+        info!("runtime stopped");
+        Ok(())
+    }
+}
+
+/// Builds a [`Runtime`]. Every setting has a documented default (see [`RuntimeConfig`]).
+#[derive(Default)]
+pub struct RuntimeBuilder {
+    backend: Option<Arc<dyn LogBackend>>,
+    config: RuntimeConfig,
+    owned: Option<Vec<u32>>,
+}
+
+impl RuntimeBuilder {
+    /// The log backend. Required.
+    pub fn backend(mut self, backend: Arc<dyn LogBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The application id. Default = `"keel"`.
+    pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
+        self.config.app_id = app_id.into();
+        self
+    }
+
+    /// Passivate actors idle this long. Default = 60 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// The cap on live aggregate actors in this process. Default = 10 000.
+    pub fn max_live_actors(mut self, max: usize) -> Self {
+        self.config.max_live_actors = max;
+        self
+    }
+
+    /// The cap on commands queued per aggregate. Default = 256.
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.config.mailbox_capacity = capacity;
+        self
+    }
+
+    /// The cap on commands in flight in the runtime. Default = 65 536.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.config.max_in_flight = max;
+        self
+    }
+
+    /// The cap on concurrent activations. Default = 64.
+    pub fn max_concurrent_activations(mut self, max: usize) -> Self {
+        self.config.max_concurrent_activations = max;
+        self
+    }
+
+    /// The snapshot policy. Default = every 100 events, on passivation, after long replays.
+    pub fn snapshots(mut self, policy: SnapshotPolicy) -> Self {
+        self.config.snapshots = policy;
+        self
+    }
+
+    /// The default command timeout. Default = 30 s.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.config.command_timeout = timeout;
+        self
+    }
+
+    /// How many command ids each aggregate remembers. Default = 128.
+    pub fn dedup_window(mut self, window: usize) -> Self {
+        self.config.dedup_window = window;
+        self
+    }
+
+    /// How often shards run maintenance. Default = 1 s.
+    pub fn maintenance_interval(mut self, interval: Duration) -> Self {
+        self.config.maintenance_interval = interval;
+        self
+    }
+
+    /// Serve only these partitions at start (default: all). Ownership integrations start
+    /// with none and call [`Runtime::assign`].
+    pub fn owned_partitions(mut self, partitions: Vec<u32>) -> Self {
+        self.owned = Some(partitions);
+        self
+    }
+
+    /// Starts the runtime: recovers and serves the owned partitions.
+    pub async fn start(self) -> Result<Runtime, Error> {
+        let backend = self
+            .backend
+            .ok_or_else(|| Error::Config("a log backend is required".into()))?;
+        self.config.validate()?;
+        let partitions = backend.partition_count();
+        let shared = Arc::new(Shared {
+            partitions,
+            in_flight: Arc::new(Semaphore::new(self.config.max_in_flight)),
+            activations: Semaphore::new(self.config.max_concurrent_activations),
+            registry: DashMap::new(),
+            shards: DashMap::new(),
+            live: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            started: tokio::time::Instant::now(),
+            types: DashMap::new(),
+            owner_of: DashMap::new(),
+            config: self.config,
+            backend,
+        });
+        let runtime = Runtime { shared };
+        let owned = self.owned.unwrap_or_else(|| (0..partitions).collect());
+        runtime.assign(&owned).await?;
+        info!(
+            backend = %runtime.shared.backend.describe(),
+            partitions,
+            owned = owned.len(),
+            "runtime started"
+        );
+        Ok(runtime)
+    }
+}

@@ -1,0 +1,327 @@
+//! The shard actor: one per owned partition. It owns the aggregate actors whose keys fall in
+//! its partition.
+//!
+//! - **Get-or-spawn without races.** Only the shard spawns actors of its partition, one message
+//!   at a time, so two commands for a new aggregate never spawn it twice. Spawning does no
+//!   I/O (the actor loads its history on its first command), so one slow activation never
+//!   holds up the others.
+//! - **Passivation.** An actor is stopped by *draining*: it leaves the registry, its mailbox
+//!   closes to new sends (which the handle re-routes here), the commands already admitted
+//!   are served, it snapshots and stops. A command for a key whose old actor is still
+//!   draining waits here until it has stopped, then gets a fresh activation — so two actors
+//!   of one aggregate never run at once.
+//! - **Recovery.** On start the shard reads its partition's checkpoint, scans the events
+//!   from there to the end into the recovery index and drops what snapshots already cover.
+//! - **Maintenance.** A periodic tick passivates idle actors and commits the checkpoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use tokio::sync::oneshot;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::envelope::SnapshotEnvelope;
+use crate::error::Error;
+use crate::log::Offset;
+use crate::metrics as m;
+use crate::partition::PartitionState;
+use crate::runtime::Shared;
+
+/// A live aggregate actor as the command path sees it.
+pub(crate) struct LiveEntry {
+    pub(crate) cell: ActorCell,
+    /// Milliseconds since the runtime started, at the last command sent to it.
+    pub(crate) last_used: AtomicU64,
+    /// Commands sent but not yet picked up (the bounded mailbox).
+    pub(crate) queued: Arc<AtomicUsize>,
+}
+
+/// Spawns one typed aggregate actor, linked to the shard. Built by the typed handle, run by
+/// the shard.
+pub(crate) type Spawner = Box<
+    dyn FnOnce(ActorCell, Arc<PartitionState>, Arc<AtomicUsize>) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>
+        + Send,
+>;
+
+pub(crate) type ActivateReply = oneshot::Sender<Result<Arc<LiveEntry>, ActivateError>>;
+
+#[derive(Debug)]
+pub(crate) enum ActivateError {
+    ShuttingDown,
+    Spawn(String),
+}
+
+pub(crate) enum ShardMsg {
+    Activate {
+        key: String,
+        spawner: Spawner,
+        reply: ActivateReply,
+    },
+    Maintain,
+    /// Passivate every actor, commit the checkpoint and stop (shutdown or revocation).
+    Stop { reply: oneshot::Sender<()> },
+}
+
+pub(crate) struct Shard;
+
+pub(crate) struct ShardArgs {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) partition: u32,
+}
+
+pub(crate) struct ShardState {
+    shared: Arc<Shared>,
+    part: Arc<PartitionState>,
+    /// Every actor of this partition that has not yet stopped, draining ones included.
+    actors: HashMap<String, Arc<LiveEntry>>,
+    keys: HashMap<ActorId, String>,
+    /// Activations waiting for a draining actor of the same key to stop.
+    waiting: HashMap<String, Vec<(Spawner, ActivateReply)>>,
+    committed_checkpoint: Offset,
+    stopping: Option<Vec<oneshot::Sender<()>>>,
+}
+
+impl Shard {
+    pub(crate) fn recovery_group(app_id: &str) -> String {
+        format!("{app_id}.recovery")
+    }
+}
+
+impl Actor for Shard {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        let (part, checkpoint) = recover(&args.shared, args.partition).await?;
+        myself.send_interval(args.shared.config.tick(), || ShardMsg::Maintain);
+        Ok(ShardState {
+            shared: args.shared,
+            part: Arc::new(part),
+            actors: HashMap::new(),
+            keys: HashMap::new(),
+            waiting: HashMap::new(),
+            committed_checkpoint: checkpoint,
+            stopping: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        message: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMsg::Activate {
+                key,
+                spawner,
+                reply,
+            } => state.activate(&myself, key, spawner, reply).await,
+            ShardMsg::Maintain => state.maintain().await,
+            ShardMsg::Stop { reply } => {
+                state.begin_stop(reply);
+                state.finish_stop_if_done(&myself).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        event: SupervisionEvent,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (id, failure) = match &event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell.get_id(), None),
+            SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        let Some(key) = state.keys.remove(&id) else {
+            return Ok(());
+        };
+        if let Some(failure) = failure {
+            warn!(aggregate = %key, %failure, "aggregate actor failed");
+        }
+        state.actors.remove(&key);
+        state.shared.unregister(&key, id);
+        let live = state.shared.live.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!(m::LIVE_ACTORS).set(live as f64);
+        if let Some(waiters) = state.waiting.remove(&key) {
+            for (spawner, reply) in waiters {
+                state.activate(&myself, key.clone(), spawner, reply).await;
+            }
+        }
+        state.finish_stop_if_done(&myself).await;
+        Ok(())
+    }
+}
+
+impl ShardState {
+    async fn activate(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        key: String,
+        spawner: Spawner,
+        reply: ActivateReply,
+    ) {
+        if self.stopping.is_some() {
+            let _ = reply.send(Err(ActivateError::ShuttingDown));
+            return;
+        }
+        if let Some(entry) = self.shared.registry.get(&key) {
+            let _ = reply.send(Ok(entry.clone()));
+            return;
+        }
+        if self.actors.contains_key(&key) {
+            // Still draining: activate once it has stopped.
+            self.waiting.entry(key).or_default().push((spawner, reply));
+            return;
+        }
+        let queued = Arc::new(AtomicUsize::new(0));
+        let cell = match spawner(myself.get_cell(), self.part.clone(), queued.clone()).await {
+            Ok(cell) => cell,
+            Err(e) => {
+                let _ = reply.send(Err(ActivateError::Spawn(e.to_string())));
+                return;
+            }
+        };
+        let entry = Arc::new(LiveEntry {
+            cell: cell.clone(),
+            last_used: AtomicU64::new(self.shared.now_ms()),
+            queued,
+        });
+        self.keys.insert(cell.get_id(), key.clone());
+        self.actors.insert(key.clone(), entry.clone());
+        self.shared.registry.insert(key, entry.clone());
+        let live = self.shared.live.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(m::LIVE_ACTORS).set(live as f64);
+        let _ = reply.send(Ok(entry));
+        if live > self.shared.config.max_live_actors {
+            self.shared.evict_least_recently_used(live);
+        }
+    }
+
+    async fn maintain(&mut self) {
+        let now = self.shared.now_ms();
+        let idle_ms = self.shared.config.idle_timeout.as_millis() as u64;
+        for (key, entry) in &self.actors {
+            let last = entry.last_used.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= idle_ms
+                && entry.queued.load(Ordering::Relaxed) == 0
+                && self.shared.passivate(key, entry)
+            {
+                metrics::counter!(m::PASSIVATIONS, "reason" => "idle").increment(1);
+                debug!(aggregate = %key, "passivating idle actor");
+            }
+        }
+        let live = self.shared.live.load(Ordering::Relaxed);
+        if live > self.shared.config.max_live_actors {
+            self.shared.evict_least_recently_used(live);
+        }
+        self.commit_checkpoint().await;
+    }
+
+    async fn commit_checkpoint(&mut self) {
+        let checkpoint = self.part.checkpoint();
+        if checkpoint == self.committed_checkpoint {
+            return;
+        }
+        let group = Shard::recovery_group(&self.shared.config.app_id);
+        match self
+            .shared
+            .backend
+            .commit_checkpoint(group, self.part.partition, checkpoint)
+            .await
+        {
+            Ok(()) => self.committed_checkpoint = checkpoint,
+            Err(e) => warn!(partition = self.part.partition, error = %e, "checkpoint commit failed"),
+        }
+    }
+
+    fn begin_stop(&mut self, reply: oneshot::Sender<()>) {
+        self.stopping.get_or_insert_with(Vec::new).push(reply);
+        for (key, entry) in &self.actors {
+            if self.shared.passivate(key, entry) {
+                metrics::counter!(m::PASSIVATIONS, "reason" => "shutdown").increment(1);
+            }
+        }
+        for (_, waiters) in self.waiting.drain() {
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(ActivateError::ShuttingDown));
+            }
+        }
+    }
+
+    async fn finish_stop_if_done(&mut self, myself: &ActorRef<ShardMsg>) {
+        if self.stopping.is_none() || !self.actors.is_empty() {
+            return;
+        }
+        self.commit_checkpoint().await;
+        info!(
+            partition = self.part.partition,
+            checkpoint = self.committed_checkpoint,
+            "shard stopped"
+        );
+        for reply in self.stopping.take().into_iter().flatten() {
+            let _ = reply.send(());
+        }
+        myself.stop(None);
+    }
+}
+
+/// Rebuilds the recovery index of `partition`: events from the checkpoint to the end, minus
+/// what the latest snapshots cover.
+async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Offset), Error> {
+    let span = info_span!("recovery", partition, checkpoint = tracing::field::Empty, scanned = tracing::field::Empty, uncovered = tracing::field::Empty);
+    async {
+        let backend = &shared.backend;
+        let group = Shard::recovery_group(&shared.config.app_id);
+        let checkpoint = backend.load_checkpoint(group, partition).await?.unwrap_or(0);
+        let end = backend.end_offset(partition).await?;
+        let part = PartitionState::new(partition, checkpoint.max(end));
+        let mut from = checkpoint;
+        let mut scanned = 0u64;
+        while from < end {
+            let records = backend
+                .read(partition, from, 4096, std::time::Duration::ZERO)
+                .await?;
+            let Some(last) = records.last() else { break };
+            from = last.position.offset + 1;
+            for record in &records {
+                part.record(&record.key, [record.position.offset]);
+            }
+            scanned += records.len() as u64;
+        }
+        for key in part.uncovered_keys() {
+            let Some(bytes) = backend.load_snapshot(partition, key.clone()).await? else {
+                continue;
+            };
+            match SnapshotEnvelope::decode(&bytes, &format!("snapshot of {key}")) {
+                Ok(snapshot) => {
+                    if let Some(covered) = snapshot.covered_offset {
+                        part.covered(&key, covered);
+                    }
+                }
+                // Left uncovered: the aggregate will rebuild when activated.
+                Err(e) => warn!(aggregate = %key, error = %e, "unreadable snapshot during recovery"),
+            }
+        }
+        let span = tracing::Span::current();
+        span.record("checkpoint", checkpoint);
+        span.record("scanned", scanned);
+        span.record("uncovered", part.uncovered_events());
+        info!(partition, checkpoint, end, scanned, "partition recovered");
+        Ok((part, checkpoint))
+    }
+    .instrument(span)
+    .await
+}
