@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::StorageError;
 
 pub(crate) mod embedded;
+#[cfg(feature = "kafka")]
+pub(crate) mod kafka;
 pub(crate) mod memory;
 
 /// An offset within one partition.

@@ -1,0 +1,683 @@
+//! [`KafkaLog`]: the log in Kafka topics, through rdkafka (librdkafka).
+//!
+//! # Topics
+//! - `{prefix}.events`: the events, keyed by aggregate key, one partition per
+//!   [`partition_for`](crate::partition_for) value.
+//! - `{prefix}.snapshots`: compacted (`cleanup.policy=compact`), co-partitioned with the events.
+//! - checkpoints are the committed offsets of consumer groups on the events topic.
+//!
+//! Both topics are created with the admin API when the log opens; existing topics must have
+//! the configured partition count.
+//!
+//! # Guarantees
+//! - **Durability.** An append resolves once the broker acknowledged every record with
+//!   `acks=all`: the records are on every in-sync replica. The producer is idempotent
+//!   (`enable.idempotence=true`), so its internal retries neither duplicate nor reorder
+//!   records.
+//! - **Consecutive offsets.** The records of one append are handed to the producer together,
+//!   while no other append to that partition can interleave, so they get consecutive offsets
+//!   (checked on every append against the acknowledged offsets).
+//! - **Group commit.** Appends from many callers within the linger window
+//!   ([`KafkaConfig::linger`]) travel in one produce request.
+//! - **All-or-nothing** holds for the acknowledgement only: without transactions Kafka may keep
+//!   the first records of an append whose later records failed, as any Kafka producer may.
+//!   The caller gets an error and must treat the append as not done (a retry with the same
+//!   command id detects it).
+//! - `end_offset` is the partition's high watermark, and at least the end of this log's own
+//!   acknowledged appends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::error::{Error, StorageError};
+use crate::log::{
+    CheckpointStore, EventLog, LogBackend, LogRecord, Offset, SnapshotStore, StoredRecord,
+};
+
+mod config;
+mod reader;
+mod snapshots;
+mod topics;
+
+pub use config::KafkaConfig;
+
+use reader::{ReadLimits, ReaderPool};
+use snapshots::PartitionSnapshots;
+
+/// How many snapshot records one step of reading the snapshots topic asks for.
+const SNAPSHOT_READ_BATCH: usize = 1024;
+
+/// A log backend on a Kafka cluster (or any broker speaking the Kafka protocol).
+///
+/// Open it with [`KafkaConfig::open`] or [`KafkaLog::open`]. Every instance of an application
+/// opens the same topics; which instance writes which partition is decided above this type
+/// (partition ownership).
+pub struct KafkaLog {
+    config: KafkaConfig,
+    events_topic: String,
+    snapshots_topic: String,
+    producer: FutureProducer,
+    /// Per events partition: held while an append hands its records to the producer, so the
+    /// records of two appends never interleave.
+    append_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Per events partition: the end of this log's own acknowledged appends.
+    events_acked_end: Vec<AtomicU64>,
+    /// Per snapshots partition: the end of this log's own acknowledged snapshot writes.
+    snapshots_acked_end: Vec<AtomicU64>,
+    /// Per snapshots partition: the cache, `None` until first loaded. A tokio mutex because a
+    /// first load holds it while reading the topic.
+    snapshots: Vec<tokio::sync::Mutex<Option<PartitionSnapshots>>>,
+    readers: ReaderPool,
+    /// One consumer per checkpoint group, used only to commit and fetch offsets.
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    closed: AtomicBool,
+}
+
+impl KafkaLog {
+    /// Connects to the brokers, creates the topics that do not exist (the snapshots topic
+    /// compacted) and checks the partition count of those that do.
+    ///
+    /// Fails with [`Error::Config`] for an invalid configuration or a partition count that
+    /// does not match an existing topic, and with [`Error::Storage`] when the brokers cannot
+    /// be reached within the request timeout.
+    pub async fn open(config: KafkaConfig) -> Result<KafkaLog, Error> {
+        config.validate()?;
+        let events_topic = format!("{}.events", config.prefix());
+        let snapshots_topic = format!("{}.snapshots", config.prefix());
+        let bootstrap = config.bootstrap_servers.clone();
+
+        let timeout = config.request_timeout;
+        topics::ensure_topics(
+            &base_client_config(&config, "admin"),
+            &bootstrap,
+            &[
+                topics::TopicSpec {
+                    name: &events_topic,
+                    partitions: config.partitions,
+                    replication_factor: config.replication_factor,
+                    configs: &[],
+                },
+                topics::TopicSpec {
+                    name: &snapshots_topic,
+                    partitions: config.partitions,
+                    replication_factor: config.replication_factor,
+                    configs: &[("cleanup.policy", "compact")],
+                },
+            ],
+            timeout,
+        )
+        .await?;
+
+        let producer: FutureProducer =
+            producer_client_config(&config, None)
+                .create()
+                .map_err(|e| {
+                    StorageError::io(format!("kafka {bootstrap}: creating the producer"), e)
+                })?;
+        let partitions = config.partitions as usize;
+        let log = KafkaLog {
+            readers: ReaderPool::new(reader_client_config(&config)),
+            events_topic,
+            snapshots_topic,
+            producer,
+            append_locks: (0..partitions)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            events_acked_end: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            snapshots_acked_end: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            snapshots: (0..partitions)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            groups: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            config,
+        };
+        tracing::info!(
+            bootstrap = %log.config.bootstrap_servers,
+            events = %log.events_topic,
+            snapshots = %log.snapshots_topic,
+            partitions = log.config.partitions,
+            "kafka log open"
+        );
+        Ok(log)
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// The events topic, `{prefix}.events`.
+    pub fn events_topic(&self) -> &str {
+        &self.events_topic
+    }
+
+    /// The snapshots topic, `{prefix}.snapshots`.
+    pub fn snapshots_topic(&self) -> &str {
+        &self.snapshots_topic
+    }
+
+    /// Reads the snapshots another instance wrote to `partition` since this log last read
+    /// them. Call it when this instance (re)gains a partition; until a partition's snapshots
+    /// are first loaded there is nothing to refresh.
+    pub async fn refresh_snapshots(&self, partition: u32) -> Result<(), StorageError> {
+        self.check_partition(partition)?;
+        let mut cache = self.snapshots[partition as usize].lock().await;
+        if let Some(cached) = cache.as_mut() {
+            self.catch_up_snapshots(partition, cached).await?;
+        }
+        Ok(())
+    }
+
+    /// "kafka HOST:PORT: WHAT topic T partition P[ offset O]", for errors and logs.
+    fn at(&self, what: &str, topic: &str, partition: u32, offset: Option<Offset>) -> String {
+        let mut context = format!(
+            "kafka {}: {what} topic {topic} partition {partition}",
+            self.config.bootstrap_servers
+        );
+        if let Some(offset) = offset {
+            context.push_str(&format!(" offset {offset}"));
+        }
+        context
+    }
+
+    fn check_partition(&self, partition: u32) -> Result<(), StorageError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed(self.describe()));
+        }
+        if partition >= self.config.partitions {
+            return Err(StorageError::Corrupt {
+                context: format!(
+                    "kafka {}: topic {} partition {partition}",
+                    self.config.bootstrap_servers, self.events_topic
+                ),
+                detail: format!("no such partition (count {})", self.config.partitions),
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands one record to the producer; waits (up to the delivery timeout) while the
+    /// producer's queue is full. Resolves to the future of the broker's acknowledgement.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: &str,
+        value: &[u8],
+    ) -> Result<DeliveryFuture, StorageError> {
+        let started = Instant::now();
+        loop {
+            let record = FutureRecord::to(topic)
+                .partition(partition as i32)
+                .key(key)
+                .payload(value);
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if started.elapsed() < self.config.delivery_timeout =>
+                {
+                    // The producer is at its buffering limit; its queue drains as batches are
+                    // acknowledged.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => {
+                    return Err(self.kafka_error(
+                        self.at("producing to", topic, partition, None),
+                        partition,
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Awaits one acknowledgement; the offset the record got.
+    async fn delivered(
+        &self,
+        delivery: DeliveryFuture,
+        topic: &str,
+        partition: u32,
+        what: impl Fn() -> String,
+    ) -> Result<Offset, StorageError> {
+        match delivery.await {
+            Ok(Ok(delivery)) => Ok(delivery.offset as Offset),
+            Ok(Err((e, _))) => Err(self.kafka_error(
+                format!(
+                    "{} ({})",
+                    self.at("producing to", topic, partition, None),
+                    what()
+                ),
+                partition,
+                e,
+            )),
+            Err(_canceled) => Err(StorageError::Closed(self.describe())),
+        }
+    }
+
+    fn kafka_error(&self, context: String, partition: u32, e: KafkaError) -> StorageError {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch) => {
+                StorageError::Fenced {
+                    partition,
+                    detail: format!("{context}: {e}"),
+                }
+            }
+            _ => StorageError::io(context, e),
+        }
+    }
+
+    /// The high watermark of `topic`/`partition`, asked of the partition leader.
+    fn high_watermark<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: u32,
+    ) -> BoxFuture<'a, Result<Offset, StorageError>> {
+        Box::pin(async move {
+            let producer = self.producer.clone();
+            let lookup = topic.to_owned();
+            let timeout = self.config.request_timeout;
+            let context = || self.at("fetching the high watermark of", topic, partition, None);
+            let (_low, high) = tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_watermarks(&lookup, partition as i32, timeout)
+            })
+            .await
+            .map_err(|e| StorageError::io(context(), e))?
+            .map_err(|e| StorageError::io(context(), e))?;
+            Ok(high.max(0) as Offset)
+        })
+    }
+
+    async fn read_topic(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+        known_end: Offset,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let mut reader = self.readers.take(topic, partition, from, || {
+            self.at("reading", topic, partition, Some(from))
+        })?;
+        let limits = ReadLimits {
+            from,
+            max,
+            wait,
+            fetch_timeout: self.config.request_timeout,
+            known_end,
+            query_end: self.high_watermark(topic, partition),
+        };
+        let records = reader
+            .read(partition, limits, |offset| {
+                self.at("reading", topic, partition, Some(offset))
+            })
+            .await?;
+        self.readers.give_back(topic, partition, reader);
+        Ok(records)
+    }
+
+    /// Reads `partition` of the snapshots topic from where `cached` stopped to its current end.
+    async fn catch_up_snapshots(
+        &self,
+        partition: u32,
+        cached: &mut PartitionSnapshots,
+    ) -> Result<(), StorageError> {
+        let topic = &self.snapshots_topic;
+        let acked_end = self.snapshots_acked_end[partition as usize].load(Ordering::Acquire);
+        let end = self.high_watermark(topic, partition).await?.max(acked_end);
+        while cached.read_to < end {
+            let records = self
+                .read_topic(
+                    topic,
+                    partition,
+                    cached.read_to,
+                    SNAPSHOT_READ_BATCH,
+                    self.config.request_timeout,
+                    end,
+                )
+                .await?;
+            if records.is_empty() {
+                return Err(StorageError::io(
+                    self.at(
+                        "loading snapshots from",
+                        topic,
+                        partition,
+                        Some(cached.read_to),
+                    ),
+                    std::io::Error::other(format!(
+                        "no records within {:?}, though the partition ends at offset {end}",
+                        self.config.request_timeout
+                    )),
+                ));
+            }
+            for record in records {
+                cached.read_to = record.position.offset + 1;
+                cached.record(record.key, record.position.offset, record.value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer that commits and fetches offsets of `group`.
+    fn group_consumer(&self, group: &str) -> Result<Arc<BaseConsumer>, StorageError> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(consumer) = groups.get(group) {
+            return Ok(consumer.clone());
+        }
+        let mut config = base_client_config(&self.config, group);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let consumer: BaseConsumer = config.create().map_err(|e| {
+            StorageError::io(
+                format!(
+                    "kafka {}: creating a consumer for group {group}",
+                    self.config.bootstrap_servers
+                ),
+                e,
+            )
+        })?;
+        let consumer = Arc::new(consumer);
+        groups.insert(group.to_owned(), consumer.clone());
+        Ok(consumer)
+    }
+}
+
+/// Properties every client gets: the brokers, a client id, and the user's own properties.
+fn base_client_config(config: &KafkaConfig, role: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", format!("{}-keel-{role}", config.app_id))
+        .set(
+            "socket.timeout.ms",
+            config.request_timeout.as_millis().to_string(),
+        );
+    for (key, value) in &config.client_properties {
+        client.set(key, value);
+    }
+    client
+}
+
+/// The one place producers are configured. `transactional_id` is for the transactional mode
+/// (one producer per owned partition); the plain log uses one idempotent producer.
+fn producer_client_config(config: &KafkaConfig, transactional_id: Option<&str>) -> ClientConfig {
+    let mut client = base_client_config(config, "producer");
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", config.linger.as_millis().to_string())
+        .set(
+            "request.timeout.ms",
+            config.request_timeout.as_millis().to_string(),
+        )
+        .set(
+            "delivery.timeout.ms",
+            config.delivery_timeout.as_millis().to_string(),
+        )
+        // keel chooses every partition itself; this only matters for records without one.
+        .set("partitioner", "murmur2_random");
+    if let Some(id) = transactional_id {
+        client.set("transactional.id", id);
+    }
+    client
+}
+
+/// Consumers that read one assigned partition: no group, no offset commits.
+fn reader_client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = base_client_config(config, "reader");
+    client
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        // Reading past the end resets to the start; records before `from` are dropped.
+        .set("auto.offset.reset", "earliest")
+        // The longest a fetch waits at the broker for new records: bounds how late a long
+        // poll sees a record when the broker does not answer a parked fetch early.
+        .set("fetch.wait.max.ms", "100")
+        // Prefetch per consumer; one consumer per partition being read.
+        .set("queued.max.messages.kbytes", "8192");
+    client
+}
+
+impl EventLog for KafkaLog {
+    fn partition_count(&self) -> u32 {
+        self.config.partitions
+    }
+
+    fn append(
+        &self,
+        partition: u32,
+        records: Vec<LogRecord>,
+    ) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        Box::pin(async move {
+            self.check_partition(partition)?;
+            if records.is_empty() {
+                return self.end_offset(partition).await;
+            }
+            let topic = &self.events_topic;
+            let started = Instant::now();
+            let deliveries = {
+                let _exclusive = self.append_locks[partition as usize].lock().await;
+                let mut deliveries = Vec::with_capacity(records.len());
+                for record in &records {
+                    deliveries.push(
+                        self.enqueue(topic, partition, &record.key, &record.value)
+                            .await?,
+                    );
+                }
+                deliveries
+            };
+            let count = deliveries.len();
+            let mut first = 0;
+            for (i, delivery) in deliveries.into_iter().enumerate() {
+                let offset = self
+                    .delivered(delivery, topic, partition, || {
+                        format!("record {} of {count}", i + 1)
+                    })
+                    .await?;
+                if i == 0 {
+                    first = offset;
+                } else if offset != first + i as Offset {
+                    return Err(StorageError::Corrupt {
+                        context: self.at("appending to", topic, partition, Some(offset)),
+                        detail: format!(
+                            "record {} of {count} got offset {offset}, expected {}",
+                            i + 1,
+                            first + i as Offset
+                        ),
+                    });
+                }
+            }
+            let end = first + count as Offset;
+            self.events_acked_end[partition as usize].fetch_max(end, Ordering::AcqRel);
+            tracing::trace!(
+                partition,
+                first,
+                count,
+                latency_us = started.elapsed().as_micros() as u64,
+                "kafka append acknowledged"
+            );
+            Ok(first)
+        })
+    }
+
+    fn read(
+        &self,
+        partition: u32,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
+        Box::pin(async move {
+            self.check_partition(partition)?;
+            let known_end = self.events_acked_end[partition as usize].load(Ordering::Acquire);
+            self.read_topic(&self.events_topic, partition, from, max, wait, known_end)
+                .await
+        })
+    }
+
+    fn end_offset(&self, partition: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        Box::pin(async move {
+            self.check_partition(partition)?;
+            let high = self.high_watermark(&self.events_topic, partition).await?;
+            Ok(high.max(self.events_acked_end[partition as usize].load(Ordering::Acquire)))
+        })
+    }
+}
+
+impl SnapshotStore for KafkaLog {
+    fn save_snapshot(
+        &self,
+        partition: u32,
+        key: String,
+        value: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.check_partition(partition)?;
+            let topic = &self.snapshots_topic;
+            let delivery = self.enqueue(topic, partition, &key, &value).await?;
+            let offset = self
+                .delivered(delivery, topic, partition, || format!("snapshot of {key}"))
+                .await?;
+            self.snapshots_acked_end[partition as usize].fetch_max(offset + 1, Ordering::AcqRel);
+            if let Some(cached) = self.snapshots[partition as usize].lock().await.as_mut() {
+                cached.record(key, offset, value);
+            }
+            Ok(())
+        })
+    }
+
+    fn load_snapshot(
+        &self,
+        partition: u32,
+        key: String,
+    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
+        Box::pin(async move {
+            self.check_partition(partition)?;
+            let mut cache = self.snapshots[partition as usize].lock().await;
+            let cached = match cache.as_mut() {
+                Some(cached) => cached,
+                None => {
+                    let mut loaded = PartitionSnapshots::default();
+                    self.catch_up_snapshots(partition, &mut loaded).await?;
+                    cache.insert(loaded)
+                }
+            };
+            Ok(cached.latest.get(&key).map(|(_, value)| value.clone()))
+        })
+    }
+}
+
+impl CheckpointStore for KafkaLog {
+    fn load_checkpoint(
+        &self,
+        group: String,
+        partition: u32,
+    ) -> BoxFuture<'_, Result<Option<Offset>, StorageError>> {
+        Box::pin(async move {
+            self.check_partition(partition)?;
+            let context = || {
+                format!(
+                    "{} for group {group}",
+                    self.at(
+                        "loading the checkpoint of",
+                        &self.events_topic,
+                        partition,
+                        None
+                    )
+                )
+            };
+            let consumer = self.group_consumer(&group)?;
+            let mut wanted = TopicPartitionList::new();
+            wanted.add_partition(&self.events_topic, partition as i32);
+            let timeout = self.config.request_timeout;
+            let committed =
+                tokio::task::spawn_blocking(move || consumer.committed_offsets(wanted, timeout))
+                    .await
+                    .map_err(|e| StorageError::io(context(), e))?
+                    .map_err(|e| StorageError::io(context(), e))?;
+            let Some(element) = committed.find_partition(&self.events_topic, partition as i32)
+            else {
+                return Ok(None);
+            };
+            element
+                .error()
+                .map_err(|e| StorageError::io(context(), e))?;
+            Ok(match element.offset() {
+                rdkafka::Offset::Offset(offset) if offset >= 0 => Some(offset as Offset),
+                _ => None,
+            })
+        })
+    }
+
+    fn commit_checkpoint(
+        &self,
+        group: String,
+        partition: u32,
+        offset: Offset,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.check_partition(partition)?;
+            let context = || {
+                format!(
+                    "{} for group {group}",
+                    self.at(
+                        "committing the checkpoint of",
+                        &self.events_topic,
+                        partition,
+                        Some(offset)
+                    )
+                )
+            };
+            let consumer = self.group_consumer(&group)?;
+            let mut commit = TopicPartitionList::new();
+            commit
+                .add_partition_offset(
+                    &self.events_topic,
+                    partition as i32,
+                    rdkafka::Offset::Offset(offset as i64),
+                )
+                .map_err(|e| StorageError::io(context(), e))?;
+            tokio::task::spawn_blocking(move || consumer.commit(&commit, CommitMode::Sync))
+                .await
+                .map_err(|e| StorageError::io(context(), e))?
+                .map_err(|e| StorageError::io(context(), e))?;
+            Ok(())
+        })
+    }
+}
+
+impl LogBackend for KafkaLog {
+    fn describe(&self) -> String {
+        format!("kafka:{}", self.config.bootstrap_servers)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            let producer = self.producer.clone();
+            let timeout = self.config.delivery_timeout;
+            tokio::task::spawn_blocking(move || producer.flush(timeout))
+                .await
+                .map_err(|e| StorageError::io(format!("{}: flushing", self.describe()), e))?
+                .map_err(|e| StorageError::io(format!("{}: flushing", self.describe()), e))
+        })
+    }
+}

@@ -1,0 +1,152 @@
+//! [`KafkaConfig`]: where the broker is, what the topics are called, and how the clients
+//! behave. A consuming builder; every setter documents its default.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// The configuration of a [`KafkaLog`](crate::KafkaLog).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), keel::Error> {
+/// use std::time::Duration;
+/// let log = keel::KafkaConfig::new("127.0.0.1:9092")
+///     .app_id("inventory")
+///     .partitions(12)
+///     .linger(Duration::from_millis(2))
+///     .open()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub(crate) bootstrap_servers: String,
+    pub(crate) app_id: String,
+    pub(crate) topic_prefix: Option<String>,
+    pub(crate) partitions: u32,
+    pub(crate) replication_factor: u16,
+    pub(crate) linger: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) delivery_timeout: Duration,
+    pub(crate) client_properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// A configuration for the brokers at `bootstrap_servers` (`"host:port[,host:port…]"`),
+    /// with every other setting at its default.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            app_id: "keel".to_owned(),
+            topic_prefix: None,
+            partitions: 12,
+            replication_factor: 1,
+            linger: Duration::from_millis(5),
+            request_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
+            client_properties: Vec::new(),
+        }
+    }
+
+    /// The application id. Instances with the same id share the topics and split their
+    /// partitions; it is also the default topic prefix and the prefix of client ids.
+    ///
+    /// Default = `"keel"`.
+    pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
+        self.app_id = app_id.into();
+        self
+    }
+
+    /// The topic prefix: events go to `{prefix}.events`, snapshots to `{prefix}.snapshots`.
+    ///
+    /// Default = the app id.
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = Some(prefix.into());
+        self
+    }
+
+    /// The partition count of both topics. Fixed for the life of the topics: opening existing
+    /// topics with a different count is an error, because it would move aggregates between
+    /// partitions.
+    ///
+    /// Default = 12.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// The replication factor of topics created on open (existing topics keep theirs).
+    ///
+    /// Default = 1.
+    pub fn replication_factor(mut self, factor: u16) -> Self {
+        self.replication_factor = factor;
+        self
+    }
+
+    /// How long the producer waits to fill a batch before sending it (`linger.ms`): the
+    /// group-commit window. Appends from many aggregates in this window share one request.
+    ///
+    /// Default = 5 ms.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// How long one request to the broker (a fetch of metadata or offsets, a topic creation,
+    /// an offset commit, a produce request) may take before it fails.
+    ///
+    /// Default = 10 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long an append may take in total, retries included, before it fails
+    /// (`delivery.timeout.ms`). While the broker is unreachable, appends wait this long.
+    ///
+    /// Default = 30 s.
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = timeout;
+        self
+    }
+
+    /// Sets a librdkafka property on every client keel creates (for security settings and
+    /// the like). Properties keel relies on (idempotence, `acks`, offsets handling) are set
+    /// after these and win.
+    ///
+    /// Default = none.
+    pub fn client_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.client_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// Opens the log: connects, creates missing topics, checks existing ones.
+    pub async fn open(self) -> Result<super::KafkaLog, Error> {
+        super::KafkaLog::open(self).await
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        self.topic_prefix.as_deref().unwrap_or(&self.app_id)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(Error::Config("kafka bootstrap servers are empty".into()));
+        }
+        if self.partitions == 0 || self.partitions > i32::MAX as u32 {
+            return Err(Error::Config(format!(
+                "kafka partition count {} is out of range",
+                self.partitions
+            )));
+        }
+        if self.replication_factor == 0 {
+            return Err(Error::Config(
+                "kafka replication factor must be at least 1".into(),
+            ));
+        }
+        if self.prefix().is_empty() {
+            return Err(Error::Config("kafka topic prefix is empty".into()));
+        }
+        Ok(())
+    }
+}

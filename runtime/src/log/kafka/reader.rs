@@ -1,0 +1,210 @@
+//! Reading one partition: consumers assigned to (topic, partition, offset) without group
+//! management, kept in a small pool per partition.
+//!
+//! A librdkafka consumer prefetches in the background from its position, so a sequential
+//! reader (a projection tailing a partition, a recovery reading to the end) should find its
+//! next records already fetched. The pool hands a read the consumer that is already positioned
+//! at its `from` offset when there is one, and only re-assigns (seeks) otherwise.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, TopicPartitionList};
+
+use crate::error::StorageError;
+use crate::log::{Offset, Position, StoredRecord};
+
+/// Idle consumers kept per (topic, partition); more concurrent readers than this get a fresh
+/// consumer that is dropped afterwards.
+const IDLE_PER_PARTITION: usize = 2;
+
+/// A consumer assigned to one partition.
+pub(super) struct PartitionReader {
+    consumer: StreamConsumer,
+    /// The offset of the next record the consumer will deliver, when known.
+    next: Option<Offset>,
+    /// True until the consumer delivers a record after its last (re)assignment: it may not
+    /// have fetched anything yet, so "nothing received" does not mean "nothing there".
+    fresh: bool,
+}
+
+/// The idle readers, by (topic, partition).
+pub(super) struct ReaderPool {
+    config: ClientConfig,
+    idle: Mutex<HashMap<(String, u32), Vec<PartitionReader>>>,
+}
+
+impl ReaderPool {
+    pub(super) fn new(config: ClientConfig) -> Self {
+        ReaderPool {
+            config,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A reader of `topic`/`partition` positioned at `from`.
+    pub(super) fn take(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+        context: impl Fn() -> String,
+    ) -> Result<PartitionReader, StorageError> {
+        let reused = {
+            let mut idle = lock(&self.idle);
+            idle.get_mut(&(topic.to_owned(), partition))
+                .and_then(
+                    |readers| match readers.iter().position(|r| r.next == Some(from)) {
+                        Some(i) => Some(readers.swap_remove(i)),
+                        None => readers.pop(),
+                    },
+                )
+        };
+        let mut reader = match reused {
+            Some(reader) => reader,
+            None => PartitionReader {
+                consumer: self.config.create().map_err(|e| {
+                    StorageError::io(format!("{}: creating a consumer", context()), e)
+                })?,
+                next: None,
+                fresh: true,
+            },
+        };
+        if reader.next != Some(from) {
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(
+                    topic,
+                    partition as i32,
+                    rdkafka::Offset::Offset(from as i64),
+                )
+                .map_err(|e| StorageError::io(context(), e))?;
+            reader
+                .consumer
+                .assign(&assignment)
+                .map_err(|e| StorageError::io(format!("{}: assigning", context()), e))?;
+            reader.next = Some(from);
+            reader.fresh = true;
+        }
+        Ok(reader)
+    }
+
+    /// Returns a reader to the pool after a successful read.
+    pub(super) fn give_back(&self, topic: &str, partition: u32, reader: PartitionReader) {
+        let mut idle = lock(&self.idle);
+        let readers = idle.entry((topic.to_owned(), partition)).or_default();
+        if readers.len() < IDLE_PER_PARTITION {
+            readers.push(reader);
+        }
+    }
+}
+
+/// How long a read may wait, and what it knows about the partition's end.
+pub(super) struct ReadLimits<'a> {
+    pub(super) from: Offset,
+    pub(super) max: usize,
+    /// The long-poll window: how long to wait for a first record when none is there.
+    pub(super) wait: Duration,
+    /// How long to keep waiting for records known to exist (below `known_end`) that the
+    /// consumer has not fetched yet.
+    pub(super) fetch_timeout: Duration,
+    /// An end offset known without asking the broker (this log's own acknowledged appends).
+    pub(super) known_end: Offset,
+    /// Asks the broker for the end offset (lazily: it runs only when awaited), once, for a
+    /// freshly positioned consumer that received nothing within `wait`.
+    pub(super) query_end: BoxFuture<'a, Result<Offset, StorageError>>,
+}
+
+impl PartitionReader {
+    /// Reads up to `limits.max` records starting at `limits.from`.
+    pub(super) async fn read(
+        &mut self,
+        partition: u32,
+        mut limits: ReadLimits<'_>,
+        context: impl Fn(Offset) -> String,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let from = limits.from;
+        let mut records = Vec::new();
+        if limits.max == 0 {
+            return Ok(records);
+        }
+        let mut deadline = tokio::time::Instant::now() + limits.wait;
+        let mut extended = false;
+        loop {
+            let received = if records.is_empty() {
+                tokio::time::timeout_at(deadline, self.consumer.recv())
+                    .await
+                    .ok()
+            } else {
+                // Take what is already fetched, without waiting for more.
+                self.consumer.recv().now_or_never()
+            };
+            match received {
+                Some(Ok(message)) => {
+                    self.fresh = false;
+                    let offset = message.offset() as Offset;
+                    self.next = Some(offset + 1);
+                    // After an out-of-range reset the consumer may deliver records before
+                    // `from`; they were not asked for.
+                    if offset < from {
+                        continue;
+                    }
+                    let key = match message.key() {
+                        None => String::new(),
+                        Some(bytes) => std::str::from_utf8(bytes)
+                            .map_err(|e| StorageError::Corrupt {
+                                context: context(offset),
+                                detail: format!("record key is not UTF-8: {e}"),
+                            })?
+                            .to_owned(),
+                    };
+                    records.push(StoredRecord {
+                        position: Position { partition, offset },
+                        key,
+                        value: message.payload().unwrap_or_default().to_vec(),
+                    });
+                    if records.len() >= limits.max {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    let at = self.next.unwrap_or(from);
+                    self.next = None;
+                    return Err(StorageError::io(context(at), e));
+                }
+                None if records.is_empty() && !extended => {
+                    // Nothing arrived within the long-poll window. If records are known to be
+                    // there, the consumer just has not fetched them yet: wait for them.
+                    let mut known_end = limits.known_end;
+                    if self.fresh {
+                        self.fresh = false;
+                        known_end = known_end.max((&mut limits.query_end).await?);
+                    }
+                    if known_end <= from {
+                        break;
+                    }
+                    extended = true;
+                    deadline = tokio::time::Instant::now() + limits.fetch_timeout;
+                }
+                None => break,
+            }
+        }
+        if records.is_empty() && extended {
+            tracing::warn!(
+                at = %context(from),
+                "records below the known end offset were not fetched within the request timeout"
+            );
+        }
+        Ok(records)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only plain map operations happen under this lock; a panic cannot leave it inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
