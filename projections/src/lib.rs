@@ -1,1 +1,120 @@
 //! keel-projections: the read side of keel.
+//!
+//! A [`Projection`] turns events from the log into a keyed view (`Key → Value`). A projection
+//! actor per projection reads every partition of the events log from its checkpoint and
+//! applies the events in order, in batches; queries go through a typed, cheap-clone
+//! [`ViewHandle`]: get, scan, top-N, read-your-writes ([`ViewHandle::wait_for`]) and lag.
+//!
+//! Views are either in memory (rebuilt from the log at every start) or persisted in an embedded
+//! fjall database, where each batch's changes and the checkpoint commit as one atomic write: every event
+//! is applied exactly once, across crashes. A poison event stops the projection or is skipped
+//! and counted, per [`PoisonPolicy`] — never ignored silently. [`History`] serves one
+//! aggregate's audit trail and past states from the log; [`SwitchableView`] swaps in a
+//! rebuilt version of a view once it has caught up.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use keel::{EventEnvelope, LogBackend, LogRecord, MemoryLog, Position};
+//! use keel_projections::{ApplyError, Projection, ProjectionRunner, ViewMut};
+//!
+//! /// Events per aggregate type.
+//! struct EventsPerType;
+//!
+//! impl Projection for EventsPerType {
+//!     type Key = String;
+//!     type Value = u64;
+//!     type Error = ApplyError;
+//!
+//!     fn name(&self) -> &str {
+//!         "events-per-type"
+//!     }
+//!
+//!     fn apply(
+//!         &self,
+//!         view: &mut ViewMut<'_, String, u64>,
+//!         event: &EventEnvelope,
+//!         _position: Position,
+//!     ) -> Result<(), ApplyError> {
+//!         view.upsert(event.aggregate_type.clone(), |count| *count += 1);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let log = Arc::new(MemoryLog::new(4));
+//! let backend: Arc<dyn LogBackend> = log.clone();
+//! let view = ProjectionRunner::builder(backend)
+//!     .in_memory(EventsPerType)
+//!     .start()
+//!     .await?;
+//!
+//! let envelope = EventEnvelope {
+//!     aggregate_type: "StockItem".into(),
+//!     aggregate_id: "s1".into(),
+//!     seq: 1,
+//!     event_type: "Created".into(),
+//!     event_version: 1,
+//!     command_id: None,
+//!     timestamp_ms: 0,
+//!     payload: Vec::new(),
+//! };
+//! let record = LogRecord { key: envelope.key(), value: envelope.encode() };
+//! let offset = log.append(2, vec![record]).await?;
+//!
+//! // Read your write: wait until the view has applied the event, then query.
+//! view.wait_for(Position { partition: 2, offset }, Duration::from_secs(5)).await?;
+//! assert_eq!(view.get(&"StockItem".to_string())?, Some(1));
+//! assert_eq!(view.lag().await?, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! | file | concept |
+//! |---|---|
+//! | `projection.rs` | [`Projection`] (the seam), [`PoisonPolicy`], [`ApplyError`], [`AggregateEvents`] (typed decoding) |
+//! | `view.rs` | [`ViewMut`] (one event's atomic changes) and the storage seam of views |
+//! | `view/memory.rs` | in-memory views (`DashMap`) |
+//! | `view/persisted.rs` | persisted views (fjall; changes and checkpoint in one atomic batch) |
+//! | `actor.rs` | the projection actor and its per-partition reading tasks; ordering guarantees |
+//! | `runner.rs` | [`ProjectionRunner`], [`ProjectionBuilder`] and their defaults |
+//! | `query.rs` | [`ViewHandle`]: queries, `wait_for`, lag |
+//! | `status.rs` | [`ProjectionStatus`], [`ProjectionState`] |
+//! | `rebuild.rs` | [`SwitchableView`]: rebuild a new version beside the old, then switch |
+//! | `replay.rs` | [`replay`]: a projection over given records into an empty view, for checks and tests |
+//! | `history.rs` | [`History`]: an aggregate's events and past states, from the log |
+//! | `error.rs` | [`ProjectionError`] |
+//!
+//! # Metrics
+//!
+//! Through the `metrics` facade, each labelled `projection = "name@vN"`:
+//! `keel_projection_lag` (gauge, events behind the log's end),
+//! `keel_projection_events_applied_total` and `keel_projection_poison_skipped_total`
+//! (counters).
+
+mod actor;
+mod error;
+mod history;
+mod projection;
+mod query;
+mod rebuild;
+mod replay;
+mod runner;
+mod status;
+mod view;
+
+pub use error::ProjectionError;
+pub use history::{History, HistoryEntry, StateAt};
+pub use projection::{AggregateEvents, ApplyError, PoisonPolicy, Projection, ViewKey, ViewValue};
+pub use query::ViewHandle;
+pub use rebuild::SwitchableView;
+pub use replay::replay;
+pub use runner::{ProjectionBuilder, ProjectionRunner, ProjectionStart};
+pub use status::{ProjectionState, ProjectionStatus};
+pub use view::ViewMut;
