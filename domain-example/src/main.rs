@@ -1,1 +1,2 @@
+//! The `inventory` demo binary.
 fn main() {}
