@@ -151,11 +151,19 @@ mod tests {
     fn rejects_separator_inside_a_part() {
         assert!(matches!(
             "a:b:c".parse::<StockItemId>(),
-            Err(InvalidId::BadCharacter { part: "sku", found: ':', .. })
+            Err(InvalidId::BadCharacter {
+                part: "sku",
+                found: ':',
+                ..
+            })
         ));
         assert!(matches!(
             StockItemId::new("a:b", "c"),
-            Err(InvalidId::BadCharacter { part: "store", found: ':', .. })
+            Err(InvalidId::BadCharacter {
+                part: "store",
+                found: ':',
+                ..
+            })
         ));
     }
 

@@ -66,13 +66,14 @@ impl StockItem {
         on_hand: u64,
         reorder_point: Option<u64>,
     ) -> Vec<StockEvent> {
-        if !self.is_low() && is_low(on_hand, reorder_point) {
-            if let Some(reorder_point) = reorder_point {
-                events.push(StockEvent::LowStockReached {
-                    on_hand,
-                    reorder_point,
-                });
-            }
+        if let Some(reorder_point) = reorder_point
+            && !self.is_low()
+            && on_hand <= reorder_point
+        {
+            events.push(StockEvent::LowStockReached {
+                on_hand,
+                reorder_point,
+            });
         }
         events
     }
@@ -142,12 +143,12 @@ impl Aggregate for StockItem {
                         .checked_add(delta.unsigned_abs())
                         .ok_or(StockError::TooMuchStock)?
                 } else {
-                    self.on_hand
-                        .checked_sub(delta.unsigned_abs())
-                        .ok_or(StockError::NegativeStock {
+                    self.on_hand.checked_sub(delta.unsigned_abs()).ok_or(
+                        StockError::NegativeStock {
                             removed: delta.unsigned_abs(),
                             on_hand: self.on_hand,
-                        })?
+                        },
+                    )?
                 };
                 let events = vec![StockEvent::StockAdjusted { delta, reason }];
                 Ok(self.with_low_stock_check(events, on_hand, self.reorder_point))
