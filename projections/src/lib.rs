@@ -18,7 +18,7 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
-//! use keel::{EventEnvelope, LogBackend, LogRecord, MemoryLog, Position};
+//! use keel::{EventEnvelope, EventLog, LogBackend, LogRecord, MemoryLog, Position};
 //! use keel_projections::{ApplyError, Projection, ProjectionRunner, ViewMut};
 //!
 //! /// Events per aggregate type.
@@ -66,7 +66,8 @@
 //! let record = LogRecord { key: envelope.key(), value: envelope.encode() };
 //! let offset = log.append(2, vec![record]).await?;
 //!
-//! // Read your write: wait until the view has applied the event, then query.
+//! // Read your write: wait until the view has applied the event, then query. With the
+//! // runtime, the position is `Committed::position` of the command's reply.
 //! view.wait_for(Position { partition: 2, offset }, Duration::from_secs(5)).await?;
 //! assert_eq!(view.get(&"StockItem".to_string())?, Some(1));
 //! assert_eq!(view.lag().await?, 0);
