@@ -10,6 +10,10 @@
 //! | `command.rs` | [`StockCommand`]: receive a shipment, record a sale, adjust stock, set a reorder point |
 //! | `event.rs` | [`StockEvent`]: what happened, as stored in the log |
 //! | `error.rs` | [`StockError`]: why a command is rejected |
+//! | `stock_levels.rs` | [`StockLevels`]: units on hand per store and SKU (in-memory view) |
+//! | `low_stock.rs` | [`LowStockAlerts`]: items at or below their reorder point (in-memory view) |
+//! | `sales.rs` | [`SalesTotals`]: units sold per store and SKU, with store totals (persisted view) |
+//! | `read_models.rs` | [`ReadModels`]: the three views started together, and their queries |
 //! | `main.rs` | the demo binary: a simulated chain of stores, progress, summary, `query` |
 //!
 //! ```
@@ -31,10 +35,18 @@ mod command;
 mod error;
 mod event;
 mod id;
+mod low_stock;
+mod read_models;
+mod sales;
 mod stock_item;
+mod stock_levels;
 
 pub use command::StockCommand;
 pub use error::StockError;
 pub use event::StockEvent;
 pub use id::{InvalidId, StockItemId};
+pub use low_stock::{LowStockAlert, LowStockAlerts};
+pub use read_models::ReadModels;
+pub use sales::{Sales, SalesKey, SalesTotals};
 pub use stock_item::{RECENT_SHIPMENTS, StockItem};
+pub use stock_levels::{StockLevel, StockLevels};
