@@ -1,1 +1,3 @@
 //! Shared helpers for keel integration tests.
+
+pub mod broker;

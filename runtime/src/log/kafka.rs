@@ -441,6 +441,9 @@ fn producer_client_config(config: &KafkaConfig, transactional_id: Option<&str>) 
 fn reader_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = base_client_config(config, "reader");
     client
+        // librdkafka refuses `assign` without a group id, though an assign-only consumer
+        // never joins the group nor commits to it.
+        .set("group.id", format!("{}.keel-reader", config.app_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
