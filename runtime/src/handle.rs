@@ -118,7 +118,7 @@ fn stopped<E: std::error::Error>(key: &str) -> CommandError<E> {
     }
 }
 
-/// How often a command is re-routed when its actor stopped between lookup and send.
+/// Re-routes of one command before each further one waits a millisecond.
 const MAX_ROUTES: usize = 8;
 
 impl<A: Aggregate> AggregateHandle<A> {
@@ -230,7 +230,12 @@ impl<A: Aggregate> AggregateHandle<A> {
                     self.shared.config.max_in_flight
                 ))
             })?;
-        for _ in 0..MAX_ROUTES {
+        for attempt in 0.. {
+            if attempt >= MAX_ROUTES {
+                // The aggregate keeps being passivated under us (a live-actor cap far below
+                // the working set): give the shard a moment rather than spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
             let entry = match self.shared.registry.get(key).map(|e| e.clone()) {
                 Some(entry) => entry,
                 None => self.activate(key, id).await?,
@@ -263,9 +268,7 @@ impl<A: Aggregate> AggregateHandle<A> {
                 }
             }
         }
-        Err(CommandError::Overloaded(format!(
-            "{key} kept restarting while routing the command"
-        )))
+        unreachable!("the routing loop only ends by returning")
     }
 
     /// Asks the partition's shard for the live actor of `key`, spawning it if needed.

@@ -170,13 +170,14 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 }
             };
         }
-        let (command, command_id, reply) = match message {
+        // The in-flight permit is held until the command has been answered.
+        let (command, command_id, reply, _in_flight) = match message {
             AggregateMsg::Command {
                 command,
                 command_id,
                 reply,
                 _permit,
-            } => (command, command_id, reply),
+            } => (command, command_id, reply, _permit),
             AggregateMsg::Query { query, _permit } => {
                 match &state.phase {
                     Phase::Live(live) => query(Ok((&live.state, live.seq))),

@@ -94,6 +94,8 @@ impl Shared {
         let mut candidates: Vec<(u64, String, Arc<LiveEntry>)> = self
             .registry
             .iter()
+            // Only idle actors: passivating one with queued commands would just bounce them.
+            .filter(|e| e.value().queued.load(Ordering::Relaxed) == 0)
             .map(|e| {
                 (
                     e.value().last_used.load(Ordering::Relaxed),
@@ -220,6 +222,24 @@ impl Runtime {
     /// Records where a partition this instance does not own is served, for `NotOwner` errors.
     pub fn set_owner(&self, partition: u32, endpoint: impl Into<String>) {
         self.shared.owner_of.insert(partition, endpoint.into());
+    }
+
+    /// Stops everything at once, as a crash would: no snapshots, no checkpoint commits, no
+    /// waiting for commands in flight (they get errors). What was acknowledged is in the log;
+    /// a runtime started afterwards recovers exactly as after a process crash.
+    pub async fn abort(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let actors: Vec<_> = self.shared.registry.iter().map(|e| e.cell.clone()).collect();
+        self.shared.registry.clear();
+        for cell in actors {
+            let _ = cell.kill_and_wait(None).await;
+        }
+        let shards: Vec<_> = self.shared.shards.iter().map(|e| e.value().clone()).collect();
+        self.shared.shards.clear();
+        for shard in shards {
+            // Killing a supervisor takes its children with it (those draining included).
+            let _ = shard.kill_and_wait(None).await;
+        }
     }
 
     /// Graceful shutdown: refuses new commands, lets every admitted command finish, snapshots

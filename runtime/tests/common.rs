@@ -1,0 +1,187 @@
+//! A small aggregate for the runtime's tests, and a log wrapper that can hold appends back.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use keel::{
+    Aggregate, CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset,
+    SnapshotStore, StorageError, StoredRecord,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: i64,
+    pub operations: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum AccountCommand {
+    Deposit(i64),
+    Withdraw(i64),
+    /// Emits `n` deposits of 1 in one command.
+    Burst(u32),
+    /// Panics inside `handle`.
+    Explode,
+    /// Changes nothing.
+    Noop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AccountEvent {
+    Deposited { amount: i64 },
+    Withdrawn { amount: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AccountError {
+    #[error("amount must be positive, got {0}")]
+    NotPositive(i64),
+    #[error("insufficient funds: balance {balance}, requested {requested}")]
+    Insufficient { balance: i64, requested: i64 },
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "Account";
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+
+    fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        match command {
+            AccountCommand::Deposit(amount) if amount <= 0 => {
+                Err(AccountError::NotPositive(amount))
+            }
+            AccountCommand::Deposit(amount) => Ok(vec![AccountEvent::Deposited { amount }]),
+            AccountCommand::Withdraw(amount) if amount <= 0 => {
+                Err(AccountError::NotPositive(amount))
+            }
+            AccountCommand::Withdraw(amount) if amount > self.balance => {
+                Err(AccountError::Insufficient {
+                    balance: self.balance,
+                    requested: amount,
+                })
+            }
+            AccountCommand::Withdraw(amount) => Ok(vec![AccountEvent::Withdrawn { amount }]),
+            AccountCommand::Burst(n) => Ok((0..n)
+                .map(|_| AccountEvent::Deposited { amount: 1 })
+                .collect()),
+            AccountCommand::Explode => panic!("boom"),
+            AccountCommand::Noop => Ok(vec![]),
+        }
+    }
+
+    fn apply(&mut self, event: &AccountEvent) {
+        match event {
+            AccountEvent::Deposited { amount } => self.balance += amount,
+            AccountEvent::Withdrawn { amount } => self.balance -= amount,
+        }
+        self.operations += 1;
+    }
+}
+
+/// Folds every event of `key` in the log into a fresh state: the reference for replay checks.
+pub fn replay_from_log(log: &MemoryLog, key: &str) -> (Account, u64) {
+    let mut state = Account::default();
+    let mut seq = 0;
+    for record in log.all_records().iter().filter(|r| r.key == key) {
+        let env = keel::EventEnvelope::decode(&record.value, &record.position).unwrap();
+        assert_eq!(env.seq, seq + 1, "sequence gap or duplicate in {key}");
+        seq = env.seq;
+        let event = env
+            .decode_event::<Account>(&keel::Upcasters::new(), &record.position)
+            .unwrap();
+        state.apply(&event);
+    }
+    (state, seq)
+}
+
+/// A backend that delegates to a [`MemoryLog`] but makes every append wait for a permit, so
+/// tests can hold commands in flight deterministically.
+pub struct GatedLog {
+    pub inner: Arc<MemoryLog>,
+    pub gate: Arc<Semaphore>,
+}
+
+impl GatedLog {
+    pub fn new(partitions: u32) -> Self {
+        GatedLog {
+            inner: Arc::new(MemoryLog::new(partitions)),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl EventLog for GatedLog {
+    fn partition_count(&self) -> u32 {
+        self.inner.partition_count()
+    }
+    fn append(
+        &self,
+        partition: u32,
+        records: Vec<LogRecord>,
+    ) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        Box::pin(async move {
+            self.gate.acquire().await.unwrap().forget();
+            self.inner.append(partition, records).await
+        })
+    }
+    fn read(
+        &self,
+        partition: u32,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
+        self.inner.read(partition, from, max, wait)
+    }
+    fn end_offset(&self, partition: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        self.inner.end_offset(partition)
+    }
+}
+
+impl SnapshotStore for GatedLog {
+    fn save_snapshot(
+        &self,
+        partition: u32,
+        key: String,
+        value: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.inner.save_snapshot(partition, key, value)
+    }
+    fn load_snapshot(
+        &self,
+        partition: u32,
+        key: String,
+    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
+        self.inner.load_snapshot(partition, key)
+    }
+}
+
+impl CheckpointStore for GatedLog {
+    fn load_checkpoint(
+        &self,
+        group: String,
+        partition: u32,
+    ) -> BoxFuture<'_, Result<Option<Offset>, StorageError>> {
+        self.inner.load_checkpoint(group, partition)
+    }
+    fn commit_checkpoint(
+        &self,
+        group: String,
+        partition: u32,
+        offset: Offset,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.inner.commit_checkpoint(group, partition, offset)
+    }
+}
+
+impl LogBackend for GatedLog {
+    fn describe(&self) -> String {
+        "gated memory".into()
+    }
+}
