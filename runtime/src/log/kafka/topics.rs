@@ -58,9 +58,13 @@ pub(super) async fn ensure_topics(
                 e,
             )
         })?;
+    let mut created = Vec::new();
     for result in results {
         match result {
-            Ok(name) => tracing::info!(topic = %name, bootstrap, "created kafka topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, bootstrap, "created kafka topic");
+                created.push(name);
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(StorageError::io(
@@ -72,12 +76,14 @@ pub(super) async fn ensure_topics(
         }
     }
 
-    // A just-created topic can take a moment to show up in metadata; an existing one shows up
-    // at once. Either way its partition count must be the configured one.
+    // A just-created topic can take a moment to show up in metadata, partitions possibly one
+    // by one; an existing one shows up at once. Either way its partition count must be the
+    // configured one.
     let admin = std::sync::Arc::new(admin);
     for topic in topics {
         let name = topic.name.to_owned();
         let expected = topic.partitions as usize;
+        let just_created = created.iter().any(|c| c == topic.name);
         let deadline = Instant::now() + timeout;
         loop {
             let admin = admin.clone();
@@ -97,8 +103,7 @@ pub(super) async fn ensure_topics(
             .map_err(|e| StorageError::io(format!("kafka {bootstrap}: metadata of {name}"), e))?;
             match found {
                 Some(count) if count == expected => break,
-                // Partitions of a new topic may appear one by one; wait for all of them.
-                Some(count) if count > expected || Instant::now() >= deadline => {
+                Some(count) if !just_created || Instant::now() >= deadline => {
                     return Err(Error::Config(format!(
                         "kafka {bootstrap}: topic {name} has {count} partitions, but the log is \
                          configured for {expected}; partitions cannot change without moving \
@@ -109,7 +114,7 @@ pub(super) async fn ensure_topics(
                     return Err(StorageError::io(
                         format!("kafka {bootstrap}: topic {name}"),
                         std::io::Error::other(format!(
-                            "not visible in metadata {timeout:?} after creating it"
+                            "not visible in metadata within {timeout:?}"
                         )),
                     )
                     .into());
