@@ -1,0 +1,180 @@
+//! A persisted projection killed with SIGKILL mid-stream and restarted ends with every event
+//! applied exactly once.
+//!
+//! The parent test writes an `EmbeddedLog`, then runs this same test binary as a worker
+//! process (`worker_process`, selected with `--exact` and told its directory through
+//! `KEEL_PROJECTION_WORKER_DIR`) that projects the log into a persisted view with small
+//! batches. The parent kills it with SIGKILL at varying points, restarts it, and repeats until
+//! a worker reports that it caught up. Each view entry counts the events applied to it, so an
+//! event applied twice, or lost, shows as a count that differs from the log's.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel::{EmbeddedLog, EventLog, LogBackend, LogRecord, aggregate_key, partition_for};
+use keel_projections::{ProjectionRunner, replay};
+use support::{Account, AccountEvent, Balances, all_records, envelope};
+
+const WORKER_ENV: &str = "KEEL_PROJECTION_WORKER_DIR";
+const PARTITIONS: u32 = 4;
+const ACCOUNTS: u64 = 40;
+const EVENTS: u64 = 12_000;
+
+fn log_dir(root: &Path) -> PathBuf {
+    root.join("log")
+}
+
+fn view_dir(root: &Path) -> PathBuf {
+    root.join("views")
+}
+
+/// The worker: projects the log under `$KEEL_PROJECTION_WORKER_DIR` until caught up, then
+/// exits. Does nothing when run as an ordinary test.
+#[test]
+fn worker_process() {
+    let Some(root) = std::env::var_os(WORKER_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let log = EmbeddedLog::open(log_dir(&root), PARTITIONS).expect("open log");
+        let backend: Arc<dyn LogBackend> = Arc::new(log);
+        let view = ProjectionRunner::builder(backend.clone())
+            .batch_size(32)
+            .persisted(Balances::new(), view_dir(&root))
+            .start()
+            .await
+            .expect("start");
+        view.caught_up(Duration::from_secs(120))
+            .await
+            .expect("caught up");
+        println!("CAUGHT-UP applied={}", view.status().applied);
+        view.shutdown(Duration::from_secs(10))
+            .await
+            .expect("shutdown");
+        backend.close().await.expect("close");
+    });
+}
+
+async fn write_log(root: &Path) {
+    let log = EmbeddedLog::open(log_dir(root), PARTITIONS).expect("open log");
+    let mut by_partition: HashMap<u32, Vec<LogRecord>> = HashMap::new();
+    let mut seqs = HashMap::new();
+    for i in 0..EVENTS {
+        let id = format!("acc-{}", i % ACCOUNTS);
+        let seq = seqs.entry(id.clone()).or_insert(0u64);
+        *seq += 1;
+        let amount = (i % 17) as i64 + 1;
+        let key = aggregate_key("Account", &id);
+        let partition = partition_for(&key, PARTITIONS);
+        by_partition.entry(partition).or_default().push(LogRecord {
+            key,
+            value: envelope(&id, *seq, &AccountEvent::Deposited { amount }).encode(),
+        });
+    }
+    for (partition, records) in by_partition {
+        for chunk in records.chunks(1000) {
+            log.append(partition, chunk.to_vec()).await.expect("append");
+        }
+    }
+    log.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_view_killed_mid_stream_applies_every_event_exactly_once() {
+    let root = tempfile::tempdir().expect("tempdir");
+    write_log(root.path()).await;
+    let exe = std::env::current_exe().expect("test binary");
+
+    let mut kills = 0;
+    let mut finished = false;
+    // Kill points spread over the replay: early, during and (likely) mid-commit.
+    let delays_ms = [80u64, 150, 230, 310, 400, 520, 650, 800];
+    for attempt in 0..40 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "worker_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(WORKER_ENV, root.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn worker");
+        let delay = delays_ms.get(attempt).copied();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break Some(status);
+            }
+            if delay.is_some_and(|d| started.elapsed() >= Duration::from_millis(d)) {
+                break None;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "worker hung");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        match status {
+            None => {
+                // `Child::kill` sends SIGKILL on Unix: no destructor, no flush, no goodbye.
+                child.kill().expect("SIGKILL");
+                child.wait().expect("reap");
+                kills += 1;
+            }
+            Some(status) => {
+                let output = child.wait_with_output().expect("output");
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert!(status.success(), "worker failed: {stdout}\n{stderr}");
+                if stdout.contains("CAUGHT-UP") {
+                    finished = true;
+                    break;
+                }
+                panic!("worker exited without catching up: {stdout}");
+            }
+        }
+    }
+    assert!(finished, "no worker ever caught up");
+    assert!(
+        kills >= 3,
+        "the worker finished before it could be killed often enough ({kills})"
+    );
+
+    // Every event applied exactly once: the view equals a replay of the whole log.
+    let log = EmbeddedLog::open(log_dir(root.path()), PARTITIONS).expect("reopen log");
+    let records = all_records(&log).await;
+    assert_eq!(records.len() as u64, EVENTS);
+    let expected = replay(&Balances::new(), &records).expect("replay");
+    let backend: Arc<dyn LogBackend> = Arc::new(log);
+    let view = ProjectionRunner::builder(backend.clone())
+        .persisted(Balances::new(), view_dir(root.path()))
+        .start()
+        .await
+        .expect("reopen view");
+    view.caught_up(Duration::from_secs(30))
+        .await
+        .expect("caught up");
+    assert_eq!(
+        view.status().applied,
+        0,
+        "the last worker had applied everything"
+    );
+    let actual: HashMap<_, _> = view.all().expect("all").into_iter().collect();
+    let applied: u64 = actual.values().map(|b| b.events).sum();
+    assert_eq!(
+        applied, EVENTS,
+        "events applied in total after {kills} kills"
+    );
+    assert_eq!(actual, expected);
+    let _ = Account::default();
+}
