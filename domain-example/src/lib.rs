@@ -14,7 +14,13 @@
 //! | `low_stock.rs` | [`LowStockAlerts`]: items at or below their reorder point (in-memory view) |
 //! | `sales.rs` | [`SalesTotals`]: units sold per store and SKU, with store totals (persisted view) |
 //! | `read_models.rs` | [`ReadModels`]: the three views started together, and their queries |
-//! | `main.rs` | the demo binary: a simulated chain of stores, progress, summary, `query` |
+//!
+//! The `inventory` binary (not part of the library):
+//!
+//! | file | part |
+//! |---|---|
+//! | `main.rs` | the command line (clap): `inventory [OPTIONS]` simulates, `inventory query` shows an item |
+//! | `demo.rs`, `demo/` | opening the log, the simulated stores, the progress line, the report, `query` |
 //!
 //! ```
 //! use inventory::{StockCommand, StockItem, StockItemId};

@@ -24,9 +24,10 @@ use crate::low_stock::{LowStockAlert, LowStockAlerts};
 use crate::sales::{Sales, SalesKey, SalesTotals};
 use crate::stock_levels::{StockLevel, StockLevels};
 
-/// The running inventory views. Dropping it stops their projections; prefer
-/// [`shutdown`](ReadModels::shutdown), which waits for the persisted view to close its file.
-#[derive(Debug)]
+/// The running inventory views. Cheap to clone; the projections run while any clone is alive.
+/// Prefer [`shutdown`](ReadModels::shutdown) to dropping the last clone: it waits for the
+/// persisted view to commit its last batch (its file is released once every clone is gone).
+#[derive(Debug, Clone)]
 pub struct ReadModels {
     stock: ViewHandle<StockItemId, StockLevel>,
     low_stock: ViewHandle<StockItemId, LowStockAlert>,
