@@ -1,1 +1,43 @@
-//! Shared helpers for keel benches.
+//! Shared pieces of keel's benches: a minimal aggregate whose decide/evolve cost is
+//! negligible, so the benches measure the runtime and the log.
+
+use serde::{Deserialize, Serialize};
+
+/// A counter: every command emits one event of about 100 bytes.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Counter {
+    /// Events applied.
+    pub count: u64,
+}
+
+/// The counter's only event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CounterEvent {
+    /// The counter moved by one; `note` pads the event to a realistic size.
+    Incremented {
+        /// Padding.
+        note: String,
+    },
+}
+
+/// The counter never rejects.
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+pub struct Never;
+
+impl keel::Aggregate for Counter {
+    const TYPE: &'static str = "Counter";
+    type Command = ();
+    type Event = CounterEvent;
+    type Error = Never;
+
+    fn handle(&self, _: ()) -> Result<Vec<CounterEvent>, Never> {
+        Ok(vec![CounterEvent::Incremented {
+            note: "x".repeat(64),
+        }])
+    }
+
+    fn apply(&mut self, _: &CounterEvent) {
+        self.count += 1;
+    }
+}

@@ -1,0 +1,183 @@
+//! Commands/s through keel at 1, 64 and 1024 concurrently active aggregates, on `MemoryLog`
+//! and `EmbeddedLog`, beside two baselines measured in the same run:
+//! - `ractor_ask`: the raw ractor ask round trip at the same concurrency (an actor per
+//!   "aggregate", one asking task each) — keel's floor is this plus its own work;
+//! - `embedded_append`: a raw `EmbeddedLog` append of one event-sized record per task at the
+//!   same concurrency — the fsync cost a durable command cannot avoid.
+//!
+//! Criterion reports time per command; commands/s = 1 / that.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use keel::{EmbeddedLog, EventLog, LogBackend, LogRecord, MemoryLog, Runtime};
+use keel_benches::Counter;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+const CONCURRENCY: [usize; 3] = [1, 64, 1024];
+
+fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs `iters` operations spread over `n` tasks, each driving its own target `i`.
+async fn spread<F, Fut>(n: usize, iters: u64, op: F) -> Duration
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let per_task = iters.div_ceil(n as u64);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    op(i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("bench task");
+    }
+    // Normalize to exactly `iters` operations.
+    start.elapsed().mul_f64(iters as f64 / (per_task * n as u64) as f64)
+}
+
+async fn start_runtime(backend: Arc<dyn LogBackend>) -> Runtime {
+    Runtime::builder()
+        .backend(backend)
+        .max_live_actors(4096)
+        .start()
+        .await
+        .expect("runtime")
+}
+
+fn bench_keel(c: &mut Criterion) {
+    let rt = tokio();
+    let mut group = c.benchmark_group("commands");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backends: Vec<(&str, Arc<dyn LogBackend>)> = vec![
+        ("memory", Arc::new(MemoryLog::new(8))),
+        (
+            "embedded",
+            Arc::new(EmbeddedLog::open(dir.path().join("log"), 8).expect("embedded log")),
+        ),
+    ];
+    for (name, backend) in backends {
+        let runtime = rt.block_on(start_runtime(backend));
+        let ids: Arc<Vec<String>> = Arc::new((0..1024).map(|i| format!("c{i}")).collect());
+        for n in CONCURRENCY {
+            let handle = runtime.aggregate::<Counter>();
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, &n| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let handle = handle.clone();
+                    let ids = ids.clone();
+                    spread(n, iters, move |i| {
+                        let handle = handle.clone();
+                        let ids = ids.clone();
+                        async move {
+                            handle.send(&ids[i], ()).await.expect("command");
+                        }
+                    })
+                })
+            });
+        }
+        rt.block_on(runtime.shutdown()).expect("shutdown");
+    }
+    group.finish();
+}
+
+struct Echo;
+
+impl Actor for Echo {
+    type Msg = RpcReplyPort<u64>;
+    type State = u64;
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<u64, ActorProcessingErr> {
+        Ok(0)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        reply: Self::Msg,
+        count: &mut u64,
+    ) -> Result<(), ActorProcessingErr> {
+        *count += 1;
+        let _ = reply.send(*count);
+        Ok(())
+    }
+}
+
+fn bench_baselines(c: &mut Criterion) {
+    let rt = tokio();
+    let mut group = c.benchmark_group("baseline");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    let actors: Arc<Vec<ActorRef<RpcReplyPort<u64>>>> = Arc::new(rt.block_on(async {
+        let mut actors = Vec::new();
+        for _ in 0..1024 {
+            actors.push(Actor::spawn(None, Echo, ()).await.expect("echo actor").0);
+        }
+        actors
+    }));
+    for n in CONCURRENCY {
+        let actors = actors.clone();
+        group.bench_with_input(BenchmarkId::new("ractor_ask", n), &n, |b, &n| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let actors = actors.clone();
+                spread(n, iters, move |i| {
+                    let actor = actors[i].clone();
+                    async move {
+                        actor.call(|reply| reply, None).await.expect("ask");
+                    }
+                })
+            })
+        });
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Arc::new(EmbeddedLog::open(dir.path().join("raw"), 8).expect("embedded log"));
+    let value = vec![0u8; 180];
+    for n in CONCURRENCY {
+        let log = log.clone();
+        let value = value.clone();
+        group.bench_with_input(BenchmarkId::new("embedded_append", n), &n, |b, &n| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let log = log.clone();
+                let value = value.clone();
+                spread(n, iters, move |i| {
+                    let log = log.clone();
+                    let record = LogRecord {
+                        key: format!("Counter/c{i}"),
+                        value: value.clone(),
+                    };
+                    async move {
+                        let partition = keel::partition_for(&record.key, 8);
+                        log.append(partition, vec![record]).await.expect("append");
+                    }
+                })
+            })
+        });
+    }
+    for actor in actors.iter() {
+        actor.stop(None);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_baselines, bench_keel);
+criterion_main!(benches);
