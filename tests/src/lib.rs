@@ -1,3 +1,4 @@
 //! Shared helpers for keel integration tests.
 
 pub mod broker;
+pub mod tally;
