@@ -42,6 +42,7 @@ pub use envelope::{EventEnvelope, SnapshotEnvelope, UpcastFn, Upcasters};
 pub use error::{CommandError, DecodeError, Error, StorageError};
 pub use handle::{AggregateHandle, SendOptions};
 pub use instance::Committed;
+pub use log::embedded::{EmbeddedLog, EmbeddedLogBuilder};
 pub use log::memory::MemoryLog;
 #[cfg(feature = "kafka")]
 pub use log::kafka::{KafkaConfig, KafkaLog};
