@@ -15,7 +15,7 @@ use crate::instance::{AggregateActor, AggregateArgs, AggregateMsg, Committed, Qu
 use crate::log::{aggregate_key, partition_for};
 use crate::metrics as m;
 use crate::runtime::Shared;
-use crate::shard::{ActivateError, LiveEntry, ShardMsg, Spawner};
+use crate::shard::{ActivateError, AggregateType, LiveEntry, ShardMsg, Spawner};
 
 /// Options of one command.
 #[derive(Debug, Clone, Default)]
@@ -107,6 +107,7 @@ impl<A: Aggregate> Request<A> {
                 _permit,
             ),
             AggregateMsg::Query { query, _permit } => (Request::Query(query), _permit),
+            AggregateMsg::Compact => unreachable!("only shards send Compact, never a handle"),
         }
     }
 }
@@ -148,17 +149,20 @@ impl<A: Aggregate> AggregateHandle<A> {
         options: SendOptions,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let started = tokio::time::Instant::now();
-        let timeout = options.timeout.unwrap_or(self.shared.config.command_timeout);
+        let timeout = options
+            .timeout
+            .unwrap_or(self.shared.config.command_timeout);
         let key = aggregate_key(A::TYPE, id);
-        let result = match tokio::time::timeout(
-            timeout,
-            self.route(&key, id, command, options.command_id),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(CommandError::Timeout(timeout, format!("a reply from {key}"))),
-        };
+        let result =
+            match tokio::time::timeout(timeout, self.route(&key, id, command, options.command_id))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(CommandError::Timeout(
+                    timeout,
+                    format!("a reply from {key}"),
+                )),
+            };
         metrics::histogram!(m::COMMAND_LATENCY, "aggregate" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
         result
@@ -181,9 +185,12 @@ impl<A: Aggregate> AggregateHandle<A> {
             self.deliver(&key, id, request).await?;
             answer.await.unwrap_or_else(|_| Err(stopped(&key)))
         });
-        routed
-            .await
-            .unwrap_or_else(|_| Err(CommandError::Timeout(timeout, format!("a reply from {key}"))))
+        routed.await.unwrap_or_else(|_| {
+            Err(CommandError::Timeout(
+                timeout,
+                format!("a reply from {key}"),
+            ))
+        })
     }
 
     async fn route(
@@ -271,6 +278,36 @@ impl<A: Aggregate> AggregateHandle<A> {
         unreachable!("the routing loop only ends by returning")
     }
 
+    /// Spawns the actor of `key`, linked to the shard that runs it.
+    fn spawner(&self, key: String, id: String) -> Spawner {
+        let shared = self.shared.clone();
+        let upcasters = self.upcasters.clone();
+        Box::new(move |supervisor, part, queued| {
+            Box::pin(async move {
+                let args = AggregateArgs {
+                    key,
+                    id,
+                    shared,
+                    partition: part,
+                    queued,
+                    upcasters,
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, AggregateActor::<A>::new(), args, supervisor).await?;
+                Ok(actor.get_cell())
+            })
+        })
+    }
+
+    /// The type-erased spawner and compaction hook shards use to settle this type's keys.
+    pub(crate) fn aggregate_type(&self) -> AggregateType {
+        let handle = self.clone();
+        AggregateType {
+            spawner: Box::new(move |key, id| handle.spawner(key, id)),
+            compact: Box::new(|cell| cell.send_message(AggregateMsg::<A>::Compact).is_ok()),
+        }
+    }
+
     /// Asks the partition's shard for the live actor of `key`, spawning it if needed.
     async fn activate(
         &self,
@@ -287,25 +324,7 @@ impl<A: Aggregate> AggregateHandle<A> {
                 owner: self.shared.owner_of.get(&partition).map(|o| o.clone()),
             });
         };
-        let shared = self.shared.clone();
-        let upcasters = self.upcasters.clone();
-        let (key_owned, id_owned) = (key.to_string(), id.to_string());
-        let spawner: Spawner = Box::new(move |supervisor, part, queued| {
-            Box::pin(async move {
-                let args = AggregateArgs {
-                    key: key_owned,
-                    id: id_owned,
-                    shared,
-                    partition: part,
-                    queued,
-                    upcasters,
-                };
-                let (actor, _) =
-                    Actor::spawn_linked(None, AggregateActor::<A>::new(), args, supervisor)
-                        .await?;
-                Ok(actor.get_cell())
-            })
-        });
+        let spawner = self.spawner(key.to_string(), id.to_string());
         let (reply, answer) = oneshot::channel();
         let sent = shard.send_message(ShardMsg::Activate {
             key: key.to_string(),

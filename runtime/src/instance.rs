@@ -42,9 +42,8 @@ pub(crate) type Reply<A> = oneshot::Sender<
 >;
 
 /// A read-only function run by the actor on its state (and sequence number).
-pub(crate) type QueryFn<A> = Box<
-    dyn FnOnce(Result<(&A, u64), CommandError<<A as Aggregate>::Error>>) + Send,
->;
+pub(crate) type QueryFn<A> =
+    Box<dyn FnOnce(Result<(&A, u64), CommandError<<A as Aggregate>::Error>>) + Send>;
 
 /// Messages of an aggregate actor. Users never see them: they use
 /// [`AggregateHandle`](crate::AggregateHandle).
@@ -56,6 +55,9 @@ pub(crate) enum AggregateMsg<A: Aggregate> {
         /// The runtime-wide in-flight permit, released when the command is answered.
         _permit: OwnedSemaphorePermit,
     },
+    /// Loads, snapshots if anything is uncovered, and passivates: sent by the shard to
+    /// aggregates that hold the partition's checkpoint back (after a crash).
+    Compact,
     /// Runs a read-only function on the state, in line with the commands.
     Query {
         query: QueryFn<A>,
@@ -178,6 +180,16 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 reply,
                 _permit,
             } => (command, command_id, reply, _permit),
+            AggregateMsg::Compact => {
+                if let Phase::Live(live) = &mut state.phase
+                    && live.unsnapshotted > 0
+                    && let Err(e) = snapshot(live, &state.args).await
+                {
+                    warn!(aggregate = %state.args.key, error = %e, "snapshot failed");
+                }
+                stop(&myself, &state.args);
+                return Ok(());
+            }
             AggregateMsg::Query { query, _permit } => {
                 match &state.phase {
                     Phase::Live(live) => query(Ok((&live.state, live.seq))),
@@ -406,11 +418,10 @@ fn remember<E>(recent: &mut VecDeque<RecentCommand<E>>, window: usize, entry: Re
 /// Loads the aggregate: its snapshot (if it decodes), then the events after it.
 async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, ActivationFailure> {
     let shared = &args.shared;
-    let _permit = shared
-        .activations
-        .acquire()
-        .await
-        .map_err(|_| ActivationFailure::Storage(StorageError::Closed("runtime stopped".into())))?;
+    let _permit =
+        shared.activations.acquire().await.map_err(|_| {
+            ActivationFailure::Storage(StorageError::Closed("runtime stopped".into()))
+        })?;
     let started = Instant::now();
     let span = info_span!(
         "activation",
@@ -536,7 +547,13 @@ async fn replay_offsets<A: Aggregate>(
         if records.len() < run {
             return Err(ActivationFailure::Corrupt(DecodeError {
                 what: "event".into(),
-                location: at(&args.key, Position { partition, offset: start + records.len() as u64 }),
+                location: at(
+                    &args.key,
+                    Position {
+                        partition,
+                        offset: start + records.len() as u64,
+                    },
+                ),
                 reason: "the recovery index names an offset the log does not return".into(),
             }));
         }
@@ -644,7 +661,11 @@ async fn snapshot<A: Aggregate>(live: &mut Live<A>, args: &AggregateArgs) -> Res
     };
     args.shared
         .backend
-        .save_snapshot(args.partition.partition, args.key.clone(), envelope.encode())
+        .save_snapshot(
+            args.partition.partition,
+            args.key.clone(),
+            envelope.encode(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     if let Some(offset) = live.last_offset {

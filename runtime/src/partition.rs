@@ -99,6 +99,22 @@ impl PartitionState {
             .unwrap_or(index.end)
     }
 
+    /// Up to `limit` keys whose uncovered events hold the checkpoint back the most (lowest
+    /// first offset first).
+    pub(crate) fn pinning_keys(&self, limit: usize) -> Vec<String> {
+        let index = self.lock();
+        let mut keys: Vec<(Offset, &String)> = index
+            .uncovered
+            .iter()
+            .filter_map(|(key, offsets)| offsets.first().map(|o| (*o, key)))
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .take(limit)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
     /// Keys with uncovered events (used after recovery to check them against snapshots).
     pub(crate) fn uncovered_keys(&self) -> Vec<String> {
         self.lock().uncovered.keys().cloned().collect()

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::handle::AggregateHandle;
 use crate::log::LogBackend;
 use crate::metrics as m;
-use crate::shard::{LiveEntry, Shard, ShardArgs, ShardMsg};
+use crate::shard::{AggregateType, LiveEntry, Shard, ShardArgs, ShardMsg};
 
 /// The aggregate runtime. Cheap to clone; every clone drives the same runtime.
 ///
@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) shutting_down: AtomicBool,
     started: tokio::time::Instant,
     types: DashMap<&'static str, TypeId>,
+    /// How to spawn each aggregate type the application has asked a handle for.
+    pub(crate) aggregate_types: DashMap<&'static str, Arc<AggregateType>>,
     /// Tells callers where a partition this instance does not own lives.
     pub(crate) owner_of: DashMap<u32, String>,
 }
@@ -65,7 +67,8 @@ impl Shared {
 
     /// Removes `key` from the registry if it still points at actor `id`.
     pub(crate) fn unregister(&self, key: &str, id: ActorId) {
-        self.registry.remove_if(key, |_, entry| entry.cell.get_id() == id);
+        self.registry
+            .remove_if(key, |_, entry| entry.cell.get_id() == id);
     }
 
     /// Starts passivating one actor: out of the registry, then drained. Returns false when it
@@ -136,7 +139,12 @@ impl Runtime {
             "two aggregate types are both named {:?}; Aggregate::TYPE must be unique",
             A::TYPE
         );
-        AggregateHandle::new(self.shared.clone())
+        let handle = AggregateHandle::<A>::new(self.shared.clone());
+        self.shared
+            .aggregate_types
+            .entry(A::TYPE)
+            .or_insert_with(|| Arc::new(handle.aggregate_type()));
+        handle
     }
 
     /// The log backend the runtime writes to.
@@ -229,12 +237,22 @@ impl Runtime {
     /// a runtime started afterwards recovers exactly as after a process crash.
     pub async fn abort(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        let actors: Vec<_> = self.shared.registry.iter().map(|e| e.cell.clone()).collect();
+        let actors: Vec<_> = self
+            .shared
+            .registry
+            .iter()
+            .map(|e| e.cell.clone())
+            .collect();
         self.shared.registry.clear();
         for cell in actors {
             let _ = cell.kill_and_wait(None).await;
         }
-        let shards: Vec<_> = self.shared.shards.iter().map(|e| e.value().clone()).collect();
+        let shards: Vec<_> = self
+            .shared
+            .shards
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
         self.shared.shards.clear();
         for shard in shards {
             // Killing a supervisor takes its children with it (those draining included).
@@ -360,6 +378,7 @@ impl RuntimeBuilder {
             shutting_down: AtomicBool::new(false),
             started: tokio::time::Instant::now(),
             types: DashMap::new(),
+            aggregate_types: DashMap::new(),
             owner_of: DashMap::new(),
             config: self.config,
             backend,

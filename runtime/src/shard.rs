@@ -42,9 +42,24 @@ pub(crate) struct LiveEntry {
 /// Spawns one typed aggregate actor, linked to the shard. Built by the typed handle, run by
 /// the shard.
 pub(crate) type Spawner = Box<
-    dyn FnOnce(ActorCell, Arc<PartitionState>, Arc<AtomicUsize>) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>
+    dyn FnOnce(
+            ActorCell,
+            Arc<PartitionState>,
+            Arc<AtomicUsize>,
+        ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>
         + Send,
 >;
+
+/// What a shard needs to activate aggregates of one type on its own (to settle keys that
+/// hold its checkpoint back): registered when the application asks for the type's handle.
+pub(crate) struct AggregateType {
+    pub(crate) spawner: Box<dyn Fn(String, String) -> Spawner + Send + Sync>,
+    /// Sends the typed `Compact` message; false if the actor is no longer accepting.
+    pub(crate) compact: Box<dyn Fn(&ActorCell) -> bool + Send + Sync>,
+}
+
+/// How many pinning aggregates a shard settles per maintenance tick.
+const SETTLE_PER_TICK: usize = 8;
 
 pub(crate) type ActivateReply = oneshot::Sender<Result<Arc<LiveEntry>, ActivateError>>;
 
@@ -62,7 +77,9 @@ pub(crate) enum ShardMsg {
     },
     Maintain,
     /// Passivate every actor, commit the checkpoint and stop (shutdown or revocation).
-    Stop { reply: oneshot::Sender<()> },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 pub(crate) struct Shard;
@@ -125,7 +142,7 @@ impl Actor for Shard {
                 spawner,
                 reply,
             } => state.activate(&myself, key, spawner, reply).await,
-            ShardMsg::Maintain => state.maintain().await,
+            ShardMsg::Maintain => state.maintain(&myself).await,
             ShardMsg::Stop { reply } => {
                 state.begin_stop(reply);
                 state.finish_stop_if_done(&myself).await;
@@ -210,7 +227,7 @@ impl ShardState {
         }
     }
 
-    async fn maintain(&mut self) {
+    async fn maintain(&mut self, myself: &ActorRef<ShardMsg>) {
         let now = self.shared.now_ms();
         let idle_ms = self.shared.config.idle_timeout.as_millis() as u64;
         for (key, entry) in &self.actors {
@@ -227,7 +244,42 @@ impl ShardState {
         if live > self.shared.config.max_live_actors {
             self.shared.evict_least_recently_used(live);
         }
+        if self.stopping.is_none() && self.shared.config.snapshots.on_passivation {
+            self.settle(myself).await;
+        }
         self.commit_checkpoint().await;
+    }
+
+    /// Activates and snapshots a few aggregates that are not live but have events no snapshot
+    /// covers — after a crash, the ones that hold the checkpoint (and so the next recovery's
+    /// scan) back. Normal passivation never leaves such aggregates behind.
+    async fn settle(&mut self, myself: &ActorRef<ShardMsg>) {
+        for key in self.part.pinning_keys(SETTLE_PER_TICK) {
+            if self.actors.contains_key(&key) {
+                continue; // live: it snapshots when passivated
+            }
+            let Some((type_name, id)) = key.split_once('/') else {
+                continue;
+            };
+            let Some(aggregate_type) = self
+                .shared
+                .aggregate_types
+                .get(type_name)
+                .map(|t| t.clone())
+            else {
+                continue; // the application has not asked for this type's handle yet
+            };
+            let spawner = (aggregate_type.spawner)(key.clone(), id.to_string());
+            let (reply, _) = oneshot::channel();
+            self.activate(myself, key.clone(), spawner, reply).await;
+            if let Some(entry) = self.actors.get(&key) {
+                entry.queued.fetch_add(1, Ordering::Relaxed);
+                if !(aggregate_type.compact)(&entry.cell) {
+                    entry.queued.fetch_sub(1, Ordering::Relaxed);
+                }
+                debug!(aggregate = %key, "settling an aggregate that holds the checkpoint back");
+            }
+        }
     }
 
     async fn commit_checkpoint(&mut self) {
@@ -243,7 +295,9 @@ impl ShardState {
             .await
         {
             Ok(()) => self.committed_checkpoint = checkpoint,
-            Err(e) => warn!(partition = self.part.partition, error = %e, "checkpoint commit failed"),
+            Err(e) => {
+                warn!(partition = self.part.partition, error = %e, "checkpoint commit failed")
+            }
         }
     }
 
@@ -281,11 +335,20 @@ impl ShardState {
 /// Rebuilds the recovery index of `partition`: events from the checkpoint to the end, minus
 /// what the latest snapshots cover.
 async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Offset), Error> {
-    let span = info_span!("recovery", partition, checkpoint = tracing::field::Empty, scanned = tracing::field::Empty, uncovered = tracing::field::Empty);
+    let span = info_span!(
+        "recovery",
+        partition,
+        checkpoint = tracing::field::Empty,
+        scanned = tracing::field::Empty,
+        uncovered = tracing::field::Empty
+    );
     async {
         let backend = &shared.backend;
         let group = Shard::recovery_group(&shared.config.app_id);
-        let checkpoint = backend.load_checkpoint(group, partition).await?.unwrap_or(0);
+        let checkpoint = backend
+            .load_checkpoint(group, partition)
+            .await?
+            .unwrap_or(0);
         let end = backend.end_offset(partition).await?;
         let part = PartitionState::new(partition, checkpoint.max(end));
         let mut from = checkpoint;
@@ -312,7 +375,9 @@ async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Off
                     }
                 }
                 // Left uncovered: the aggregate will rebuild when activated.
-                Err(e) => warn!(aggregate = %key, error = %e, "unreadable snapshot during recovery"),
+                Err(e) => {
+                    warn!(aggregate = %key, error = %e, "unreadable snapshot during recovery")
+                }
             }
         }
         let span = tracing::Span::current();

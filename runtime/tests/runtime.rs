@@ -5,7 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Account, AccountCommand as Cmd, AccountError, AccountEvent, GatedLog, replay_from_log};
+use common::{
+    Account, AccountCommand as Cmd, AccountError, AccountEvent, GatedLog, replay_from_log,
+};
 use keel::{
     CheckpointStore, CommandError, EventLog, MemoryLog, Runtime, SendOptions, SnapshotEnvelope,
     SnapshotPolicy, SnapshotStore, aggregate_key, partition_for,
@@ -20,7 +22,10 @@ async fn start(log: Arc<MemoryLog>) -> Runtime {
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -38,7 +43,10 @@ async fn a_command_commits_durably_and_replies_with_seq_and_position() {
     let position = second.position.unwrap();
     assert_eq!(position.partition, partition_for("Account/a", 4));
     // The reply came after the append: the log already holds every event.
-    assert_eq!(log.end_offset(position.partition).await.unwrap(), position.offset + 1);
+    assert_eq!(
+        log.end_offset(position.partition).await.unwrap(),
+        position.offset + 1
+    );
     let (state, seq) = replay_from_log(&log, "Account/a");
     assert_eq!((state.balance, seq), (13, 4));
     assert_eq!(accounts.query("a", |s| s.balance).await.unwrap(), 13);
@@ -54,10 +62,16 @@ async fn a_rejected_command_appends_nothing() {
     let err = accounts.send("a", Cmd::Withdraw(6)).await.unwrap_err();
     assert!(matches!(
         err,
-        CommandError::Rejected(AccountError::Insufficient { balance: 5, requested: 6 })
+        CommandError::Rejected(AccountError::Insufficient {
+            balance: 5,
+            requested: 6
+        })
     ));
     let err = accounts.send("a", Cmd::Deposit(0)).await.unwrap_err();
-    assert!(matches!(err, CommandError::Rejected(AccountError::NotPositive(0))));
+    assert!(matches!(
+        err,
+        CommandError::Rejected(AccountError::NotPositive(0))
+    ));
     assert_eq!(log.all_records().len(), 1);
     let noop = accounts.send("a", Cmd::Noop).await.unwrap();
     assert_eq!((noop.seq, noop.position), (1, None));
@@ -99,7 +113,10 @@ async fn an_idle_actor_is_passivated_with_a_snapshot_and_reactivates_with_its_st
     accounts.send("a", Cmd::Deposit(7)).await.unwrap();
     assert!(runtime.is_live::<Account>("a"));
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(runtime.is_live::<Account>("a"), "passivated before the idle timeout");
+    assert!(
+        runtime.is_live::<Account>("a"),
+        "passivated before the idle timeout"
+    );
     tokio::time::sleep(Duration::from_secs(20)).await;
     eventually("passivation", || runtime.live_actors() == 0).await;
     assert!(!runtime.is_live::<Account>("a"));
@@ -138,7 +155,10 @@ async fn commands_racing_passivation_are_never_lost() {
             let accounts = accounts.clone();
             tokio::spawn(async move {
                 for _ in 0..per_aggregate / 3 {
-                    accounts.send(&format!("acc-{a}"), Cmd::Deposit(1)).await.unwrap();
+                    accounts
+                        .send(&format!("acc-{a}"), Cmd::Deposit(1))
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -149,8 +169,15 @@ async fn commands_racing_passivation_are_never_lost() {
     for a in 0..8 {
         let key = format!("Account/acc-{a}");
         let (state, seq) = replay_from_log(&log, &key);
-        assert_eq!((state.balance, seq), (per_aggregate, per_aggregate as u64), "{key}");
-        let live = accounts.query(&format!("acc-{a}"), |s| s.balance).await.unwrap();
+        assert_eq!(
+            (state.balance, seq),
+            (per_aggregate, per_aggregate as u64),
+            "{key}"
+        );
+        let live = accounts
+            .query(&format!("acc-{a}"), |s| s.balance)
+            .await
+            .unwrap();
         assert_eq!(live, per_aggregate, "{key} state after reactivation");
     }
     runtime.shutdown().await.unwrap();
@@ -167,15 +194,27 @@ async fn the_live_actor_cap_passivates_the_least_recently_used() {
         .unwrap();
     let accounts = runtime.aggregate::<Account>();
     for i in 0..100 {
-        accounts.send(&format!("a{i}"), Cmd::Deposit(i + 1)).await.unwrap();
+        accounts
+            .send(&format!("a{i}"), Cmd::Deposit(i + 1))
+            .await
+            .unwrap();
     }
-    eventually("live actors back under the cap", || runtime.live_actors() <= 16).await;
+    eventually("live actors back under the cap", || {
+        runtime.live_actors() <= 16
+    })
+    .await;
     // The most recently used survive; the oldest were passivated.
     assert!(runtime.is_live::<Account>("a99"));
     assert!(!runtime.is_live::<Account>("a0"));
     // Passivated aggregates come back with their state.
     for i in 0..100 {
-        assert_eq!(accounts.query(&format!("a{i}"), |s| s.balance).await.unwrap(), i + 1);
+        assert_eq!(
+            accounts
+                .query(&format!("a{i}"), |s| s.balance)
+                .await
+                .unwrap(),
+            i + 1
+        );
     }
     runtime.shutdown().await.unwrap();
 }
@@ -195,7 +234,10 @@ async fn a_retried_command_id_returns_the_original_outcome_and_appends_nothing()
         .await
         .unwrap();
     assert!(retry.deduplicated);
-    assert_eq!((retry.seq, retry.position, &retry.events), (first.seq, first.position, &first.events));
+    assert_eq!(
+        (retry.seq, retry.position, &retry.events),
+        (first.seq, first.position, &first.events)
+    );
     assert_eq!(log.all_records().len(), 1);
     runtime.shutdown().await.unwrap();
 
@@ -261,7 +303,9 @@ async fn overload_is_an_error_not_unbounded_memory() {
     let mut held = Vec::new();
     for _ in 0..3 {
         let accounts = accounts.clone();
-        held.push(tokio::spawn(async move { accounts.send("a", Cmd::Deposit(1)).await }));
+        held.push(tokio::spawn(async move {
+            accounts.send("a", Cmd::Deposit(1)).await
+        }));
         tokio::task::yield_now().await;
     }
     // A fourth command for the same aggregate: its mailbox (or the runtime) is full.
@@ -278,7 +322,10 @@ async fn overload_is_an_error_not_unbounded_memory() {
     assert!(refused.is_some());
     // Another aggregate is refused by the runtime-wide in-flight limit.
     let err = accounts.send("b", Cmd::Deposit(1)).await.unwrap_err();
-    assert!(matches!(err, CommandError::Overloaded(ref why) if why.contains("in flight")), "{err}");
+    assert!(
+        matches!(err, CommandError::Overloaded(ref why) if why.contains("in flight")),
+        "{err}"
+    );
     gate.add_permits(100);
     for h in held {
         h.await.unwrap().unwrap();
@@ -295,7 +342,10 @@ async fn a_panic_fails_that_command_and_restarts_only_that_aggregate() {
     accounts.send("a", Cmd::Deposit(3)).await.unwrap();
     accounts.send("b", Cmd::Deposit(4)).await.unwrap();
     let err = accounts.send("a", Cmd::Explode).await.unwrap_err();
-    assert!(matches!(err, CommandError::Panicked { ref message, .. } if message.contains("boom")), "{err}");
+    assert!(
+        matches!(err, CommandError::Panicked { ref message, .. } if message.contains("boom")),
+        "{err}"
+    );
     // The aggregate restarts from the log with its state; the other one never noticed.
     assert_eq!(accounts.send("a", Cmd::Deposit(1)).await.unwrap().seq, 2);
     assert_eq!(accounts.query("a", |s| s.balance).await.unwrap(), 4);
@@ -358,8 +408,15 @@ async fn a_corrupt_event_is_an_error_naming_the_aggregate_partition_and_offset()
         .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, CommandError::Corrupt { .. }), "{text}");
-    assert!(text.contains("Account/bad") && text.contains("partition 0") && text.contains("offset 0"), "{text}");
-    assert_eq!(log.all_records().len(), 1, "nothing appended after the failure");
+    assert!(
+        text.contains("Account/bad") && text.contains("partition 0") && text.contains("offset 0"),
+        "{text}"
+    );
+    assert_eq!(
+        log.all_records().len(),
+        1,
+        "nothing appended after the failure"
+    );
     runtime.shutdown().await.unwrap();
 }
 
@@ -369,7 +426,10 @@ async fn recovery_after_a_clean_shutdown_starts_at_the_end_of_the_log() {
     let runtime = start(log.clone()).await;
     let accounts = runtime.aggregate::<Account>();
     for i in 0..50 {
-        accounts.send(&format!("a{}", i % 7), Cmd::Deposit(1)).await.unwrap();
+        accounts
+            .send(&format!("a{}", i % 7), Cmd::Deposit(1))
+            .await
+            .unwrap();
     }
     runtime.shutdown().await.unwrap();
     for partition in 0..2 {
@@ -379,7 +439,10 @@ async fn recovery_after_a_clean_shutdown_starts_at_the_end_of_the_log() {
             .await
             .unwrap()
             .unwrap_or(0);
-        assert_eq!(checkpoint, end, "partition {partition}: everything is covered by snapshots");
+        assert_eq!(
+            checkpoint, end,
+            "partition {partition}: everything is covered by snapshots"
+        );
     }
 }
 
@@ -403,8 +466,7 @@ async fn recovery_after_a_crash_replays_only_what_snapshots_do_not_cover() {
     }
     // Snapshot at 10 and 20 events; the checkpoint moves past them on the next tick.
     eventually("checkpoint committed", || {
-        futures::executor::block_on(log.load_checkpoint("keel.recovery".into(), 0))
-            .unwrap()
+        futures::executor::block_on(log.load_checkpoint("keel.recovery".into(), 0)).unwrap()
             == Some(20)
     })
     .await;
@@ -412,7 +474,13 @@ async fn recovery_after_a_crash_replays_only_what_snapshots_do_not_cover() {
     runtime.abort().await;
     let runtime = start(log.clone()).await;
     let accounts = runtime.aggregate::<Account>();
-    assert_eq!(accounts.query("a", |s| (s.balance, s.operations)).await.unwrap(), (25, 25));
+    assert_eq!(
+        accounts
+            .query("a", |s| (s.balance, s.operations))
+            .await
+            .unwrap(),
+        (25, 25)
+    );
     assert_eq!(accounts.send("a", Cmd::Deposit(1)).await.unwrap().seq, 26);
     runtime.shutdown().await.unwrap();
 }
@@ -447,5 +515,53 @@ async fn a_partition_not_owned_answers_not_owner_with_the_owner() {
         .await
         .unwrap_err();
     assert_eq!(err.not_owner(), Some((partition, Some("10.0.0.2:7000"))));
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_a_crash_idle_aggregates_are_settled_so_the_checkpoint_reaches_the_end() {
+    let log = Arc::new(MemoryLog::new(1));
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(SnapshotPolicy {
+            every_events: 1_000,
+            on_passivation: true,
+            after_long_replay: true,
+        })
+        .start()
+        .await
+        .unwrap();
+    let accounts = runtime.aggregate::<Account>();
+    for i in 0..40 {
+        accounts
+            .send(&format!("a{}", i % 20), Cmd::Deposit(1))
+            .await
+            .unwrap();
+    }
+    runtime.abort().await;
+    assert!(log.snapshot_keys().is_empty(), "the crash left no snapshot");
+
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .maintenance_interval(Duration::from_millis(5))
+        .start()
+        .await
+        .unwrap();
+    let accounts = runtime.aggregate::<Account>();
+    eventually("the checkpoint reaches the end of the log", || {
+        futures::executor::block_on(log.load_checkpoint("keel.recovery".into(), 0)).unwrap()
+            == Some(40)
+    })
+    .await;
+    assert_eq!(log.snapshot_keys().len(), 20);
+    for i in 0..20 {
+        assert_eq!(
+            accounts
+                .query(&format!("a{i}"), |s| s.balance)
+                .await
+                .unwrap(),
+            2
+        );
+    }
     runtime.shutdown().await.unwrap();
 }
