@@ -13,16 +13,16 @@
 //! # Why fjall
 //!
 //! Measured on the development machine (2 cores, ext4 on a virtual disk, ~200-byte values,
-//! one writer, every commit fsync'd):
+//! one writer, every commit fsync'd; three runs on a busy machine, so ranges):
 //!
 //! | records per commit | fjall records/s | redb records/s |
 //! |---|---|---|
-//! | 1 | 340–480 | 270–290 |
-//! | 64 | 18k–31k | 16.5k–17.7k |
-//! | 1024 | 160k–210k | 125k–134k |
+//! | 1 | 266–476 | 257–292 |
+//! | 64 | 16k–31k | 14.8k–17.7k |
+//! | 1024 | 162k–210k | 125k–138k |
 //!
-//! fjall's commit is an append to a checksummed journal plus one fsync; redb's copy-on-write
-//! B-tree commit costs more per commit. fjall also fits the shape: atomic batches across
+//! fjall was ahead in every run: its commit is an append to a checksummed journal plus one fsync; redb's copy-on-write
+//! B-tree commit writes more pages per commit. fjall also fits the shape: atomic batches across
 //! keyspaces (events, snapshots and checkpoints of one group commit land together), a journal
 //! that drops a torn final batch on recovery, and a lock file against a second opener.
 //!
