@@ -77,8 +77,14 @@ impl RuntimeConfig {
             ("max_live_actors", self.max_live_actors),
             ("mailbox_capacity", self.mailbox_capacity),
             ("max_in_flight", self.max_in_flight),
-            ("max_concurrent_activations", self.max_concurrent_activations),
-            ("snapshots.every_events", self.snapshots.every_events as usize),
+            (
+                "max_concurrent_activations",
+                self.max_concurrent_activations,
+            ),
+            (
+                "snapshots.every_events",
+                self.snapshots.every_events as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -98,6 +104,8 @@ impl RuntimeConfig {
 
     /// How often the shard's maintenance tick runs.
     pub(crate) fn tick(&self) -> Duration {
-        self.maintenance_interval.min(self.idle_timeout / 2).max(Duration::from_millis(1))
+        self.maintenance_interval
+            .min(self.idle_timeout / 2)
+            .max(Duration::from_millis(1))
     }
 }

@@ -77,9 +77,9 @@ impl EventEnvelope {
         let mut value = rmpv::decode::read_value(&mut &self.payload[..])
             .map_err(|e| err(format!("payload is not msgpack: {e}")))?;
         for version in self.event_version..current {
-            value = upcasters.upcast(&self.event_type, version, value).map_err(|e| {
-                err(format!("upcasting {} v{version}: {e}", self.event_type))
-            })?;
+            value = upcasters
+                .upcast(&self.event_type, version, value)
+                .map_err(|e| err(format!("upcasting {} v{version}: {e}", self.event_type)))?;
         }
         // Re-encode and decode with rmp-serde, so upcast and current payloads take the same
         // decoding path (rmpv's own deserializer reads enums differently).

@@ -43,9 +43,9 @@ pub use error::{CommandError, DecodeError, Error, StorageError};
 pub use handle::{AggregateHandle, SendOptions};
 pub use instance::Committed;
 pub use log::embedded::{EmbeddedLog, EmbeddedLogBuilder};
-pub use log::memory::MemoryLog;
 #[cfg(feature = "kafka")]
 pub use log::kafka::{KafkaConfig, KafkaLog};
+pub use log::memory::MemoryLog;
 pub use log::{
     CheckpointStore, EventLog, LogBackend, LogRecord, Offset, Position, SnapshotStore,
     StoredRecord, aggregate_key, partition_for,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use keel::{
-    Aggregate, CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset,
-    SnapshotStore, StorageError, StoredRecord,
+    Aggregate, CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, SnapshotStore,
+    StorageError, StoredRecord,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;

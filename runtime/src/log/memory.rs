@@ -11,8 +11,7 @@ use tokio::sync::watch;
 
 use crate::error::StorageError;
 use crate::log::{
-    CheckpointStore, EventLog, LogBackend, LogRecord, Offset, Position, SnapshotStore,
-    StoredRecord,
+    CheckpointStore, EventLog, LogBackend, LogRecord, Offset, Position, SnapshotStore, StoredRecord,
 };
 
 /// An in-memory log with the same semantics as the durable backends, minus durability.
