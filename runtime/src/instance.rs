@@ -481,10 +481,11 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
         metrics::counter!(m::EVENTS_REPLAYED, "aggregate" => A::TYPE).increment(replayed);
         debug!(elapsed = ?started.elapsed(), "activated");
         let policy = shared.config.snapshots;
-        if policy.after_long_replay && replayed > policy.every_events {
-            if let Err(e) = snapshot(&mut live, args).await {
-                warn!(aggregate = %key, error = %e, "snapshot after replay failed");
-            }
+        if policy.after_long_replay
+            && replayed > policy.every_events
+            && let Err(e) = snapshot(&mut live, args).await
+        {
+            warn!(aggregate = %key, error = %e, "snapshot after replay failed");
         }
         Ok(live)
     }
@@ -492,10 +493,14 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
     .await
 }
 
-fn restore<A: Aggregate>(
-    bytes: &[u8],
-    key: &str,
-) -> Result<(A, SnapshotEnvelope, VecDeque<RecentCommand<A::Event>>), String> {
+/// A decoded snapshot: the state, its envelope and its command window.
+type Restored<A> = (
+    A,
+    SnapshotEnvelope,
+    VecDeque<RecentCommand<<A as Aggregate>::Event>>,
+);
+
+fn restore<A: Aggregate>(bytes: &[u8], key: &str) -> Result<Restored<A>, String> {
     let env = SnapshotEnvelope::decode(bytes, &format!("snapshot of {key}"))
         .map_err(|e| e.to_string())?;
     if env.state_version != A::STATE_VERSION {

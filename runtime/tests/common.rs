@@ -1,6 +1,6 @@
 //! A small aggregate for the runtime's tests, and a log wrapper that can hold appends back.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
