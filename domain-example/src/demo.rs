@@ -8,8 +8,20 @@
 //! | `demo/report.rs` | the final summary: tables, or one JSON object |
 //! | `demo/query.rs` | `inventory query`: one item's stock and history |
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// `writeln!` into a `String`, where writing cannot fail.
+macro_rules! outln {
+    ($out:expr) => {
+        $out.push('\n')
+    };
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
 
 mod backend;
 mod progress;
@@ -49,4 +61,17 @@ pub(crate) struct QueryOptions {
     pub(crate) sku: String,
     pub(crate) history: usize,
     pub(crate) json: bool,
+}
+
+/// Writes `text` to stdout. A closed stdout (`inventory | head`) is not an error: the reader
+/// has seen what it wanted.
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }

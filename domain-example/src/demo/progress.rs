@@ -26,14 +26,14 @@ impl Progress {
     pub(crate) fn start(duration: Duration, counters: Arc<Counters>, views: ReadModels) -> Self {
         let total_ms = duration.as_millis().max(1) as u64;
         let bar = ProgressBar::with_draw_target(Some(total_ms), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{spinner} {elapsed:>3} [{bar:24}] {msg}")
+        let style = ProgressStyle::with_template("{elapsed:>3} [{bar:12}] {wide_msg}")
             .map(|style| style.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         let (done, mut finished) = oneshot::channel();
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let mut ticks = tokio::time::interval(TICK);
+            let mut ticks = tokio::time::interval_at(started + TICK, TICK);
             let (mut last_commands, mut last_at, mut rate) = (0u64, started, 0.0f64);
             loop {
                 tokio::select! {
@@ -60,7 +60,7 @@ impl Progress {
                 };
                 bar.set_position((now.duration_since(started).as_millis() as u64).min(total_ms));
                 bar.set_message(format!(
-                    "{} cmd/s · committed {} · rejected {} · low stock {} · view lag {}",
+                    "{} cmd/s │ committed {} │ rejected {} │ low {} │ lag {}",
                     count(rate as u64),
                     count(counters.committed.load(Ordering::Relaxed)),
                     count(counters.rejected.load(Ordering::Relaxed)),

@@ -7,9 +7,9 @@ use keel::Runtime;
 use keel_projections::History;
 use serde::Serialize;
 
-use super::QueryOptions;
 use super::backend;
 use super::report::count;
+use super::{QueryOptions, print_stdout};
 
 #[derive(Debug, Serialize)]
 struct ItemReport {
@@ -94,22 +94,30 @@ pub(crate) async fn query(options: QueryOptions) -> anyhow::Result<()> {
     };
     if options.json {
         let json = serde_json::to_string_pretty(&report).context("encoding the item")?;
-        println!("{json}");
+        print_stdout(&(json + "\n"))
     } else {
-        print_human(&report);
+        print_stdout(&render(&report))
     }
-    Ok(())
 }
 
-fn print_human(item: &ItemReport) {
-    println!("{}  (store {}, SKU {})", item.item, item.store, item.sku);
+/// The item and its history, as text.
+fn render(item: &ItemReport) -> String {
+    let mut out = String::new();
+    outln!(
+        out,
+        "{}  (store {}, SKU {})",
+        item.item,
+        item.store,
+        item.sku
+    );
     if item.events == 0 {
-        println!("  no events: this item has never been stocked or sold");
-        return;
+        outln!(out, "  no events: this item has never been stocked or sold");
+        return out;
     }
-    println!("  on hand        {:>10}", count(item.on_hand));
+    outln!(out, "  on hand        {:>10}", count(item.on_hand));
     match item.reorder_point {
-        Some(level) => println!(
+        Some(level) => outln!(
+            out,
             "  reorder point  {:>10}{}",
             count(level),
             if item.low_stock {
@@ -118,17 +126,20 @@ fn print_human(item: &ItemReport) {
                 ""
             }
         ),
-        None => println!("  reorder point        none"),
+        None => outln!(out, "  reorder point        none"),
     }
-    println!(
+    outln!(
+        out,
         "  received       {:>10}  (all time)",
         count(item.received_total)
     );
-    println!(
+    outln!(
+        out,
         "  sold           {:>10}  (all time)",
         count(item.sold_total)
     );
-    println!(
+    outln!(
+        out,
         "\nHistory: {} of {} events{}",
         item.history.len(),
         item.events,
@@ -139,13 +150,15 @@ fn print_human(item: &ItemReport) {
         }
     );
     for row in &item.history {
-        println!(
+        outln!(
+            out,
             "  #{:<6} {}  {}",
             row.seq,
             utc(row.timestamp_ms),
             describe(&row.event)
         );
     }
+    out
 }
 
 /// One event, as a line of the audit trail.

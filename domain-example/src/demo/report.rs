@@ -9,8 +9,8 @@ use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 use inventory::ReadModels;
 use serde::Serialize;
 
-use super::SimulateOptions;
 use super::simulation::Counters;
+use super::{SimulateOptions, print_stdout};
 
 /// How many rows the alert and top-seller lists show.
 const TOP: usize = 10;
@@ -173,13 +173,19 @@ impl Report {
     /// Prints the report as one JSON object on stdout.
     pub(crate) fn print_json(&self) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self).context("encoding the report")?;
-        println!("{json}");
-        Ok(())
+        print_stdout(&(json + "\n"))
     }
 
     /// Prints the summary and tables on stdout.
-    pub(crate) fn print_human(&self) {
-        println!(
+    pub(crate) fn print_human(&self) -> anyhow::Result<()> {
+        print_stdout(&self.render())
+    }
+
+    /// The summary and tables, as text.
+    fn render(&self) -> String {
+        let mut out = String::new();
+        outln!(
+            out,
             "inventory: {} stores × {} SKUs, {} tills, {:.1} s on {} (seed {})",
             self.stores,
             self.skus,
@@ -188,7 +194,7 @@ impl Report {
             self.backend,
             self.seed,
         );
-        println!();
+        outln!(out);
         let rejections = if self.rejections.is_empty() {
             String::new()
         } else {
@@ -236,10 +242,10 @@ impl Report {
             ),
         ];
         for (label, value, note) in lines {
-            println!("  {label:<15}{value:>12}{note}");
+            outln!(out, "  {label:<15}{value:>12}{note}");
         }
 
-        println!("\nStock by store (units sold: all runs)");
+        outln!(out, "\nStock by store (units sold: all runs)");
         let mut table = new_table(&[
             "store",
             "SKUs",
@@ -258,12 +264,13 @@ impl Report {
                 count(row.sales),
             ]);
         }
-        println!("{table}");
+        outln!(out, "{table}");
 
         if self.low_stock.is_empty() {
-            println!("\nLow-stock alerts: none");
+            outln!(out, "\nLow-stock alerts: none");
         } else {
-            println!(
+            outln!(
+                out,
                 "\nLow-stock alerts: {} items at or below their reorder point (emptiest {})",
                 count(self.low_stock_items),
                 self.low_stock.len()
@@ -276,11 +283,11 @@ impl Report {
                     count(row.reorder_point),
                 ]);
             }
-            println!("{table}");
+            outln!(out, "{table}");
         }
 
         if !self.top_sellers.is_empty() {
-            println!("\nTop sellers (all runs)");
+            outln!(out, "\nTop sellers (all runs)");
             let mut table = new_table(&["item", "units sold", "sales"]);
             for row in &self.top_sellers {
                 table.add_row(vec![
@@ -289,12 +296,14 @@ impl Report {
                     count(row.sales),
                 ]);
             }
-            println!("{table}");
+            outln!(out, "{table}");
         }
-        println!(
+        outln!(
+            out,
             "\nData in {}. Run again to continue from here; `inventory query --store S --sku K` shows one item.",
             self.data_dir
         );
+        out
     }
 }
 

@@ -168,11 +168,10 @@ pub(crate) async fn simulate(options: SimulateOptions) -> anyhow::Result<()> {
     drop(log);
 
     if options.json {
-        report.print_json()?;
+        report.print_json()
     } else {
-        report.print_human();
+        report.print_human()
     }
-    Ok(())
 }
 
 /// One till of one store.
