@@ -567,4 +567,55 @@ mod tests {
             assert_eq!(back, event);
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn command() -> impl Strategy<Value = StockCommand> {
+            prop_oneof![
+                (0u64..30).prop_map(StockCommand::receive),
+                (0u64..12).prop_map(StockCommand::sell),
+                (-10i64..10, prop_oneof![Just(""), Just("stocktake")])
+                    .prop_map(|(delta, reason)| StockCommand::adjust(delta, reason)),
+                (0u64..15).prop_map(StockCommand::reorder_at),
+            ]
+        }
+
+        proptest! {
+            /// For any command sequence: stock never goes negative, it always equals what came
+            /// in minus what went out, and LowStockReached is emitted exactly when an item
+            /// crosses from "not low" to "low".
+            #[test]
+            fn stock_is_conserved_and_low_stock_fires_on_each_crossing(
+                commands in proptest::collection::vec(command(), 0..80)
+            ) {
+                let mut item = StockItem::default();
+                let mut adjusted: i128 = 0;
+                for command in commands {
+                    let was_low = item.is_low();
+                    // A rejection emits nothing (`handle` cannot change the state).
+                    if let Ok(events) = item.handle(command) {
+                        for event in &events {
+                            if let StockEvent::StockAdjusted { delta, .. } = event {
+                                adjusted += i128::from(*delta);
+                            }
+                            item.apply(event);
+                        }
+                        let alerts = events
+                            .iter()
+                            .filter(|e| matches!(e, StockEvent::LowStockReached { .. }))
+                            .count();
+                        prop_assert_eq!(alerts, usize::from(!was_low && item.is_low()));
+                    }
+                    prop_assert_eq!(
+                        i128::from(item.on_hand()),
+                        i128::from(item.received_total()) - i128::from(item.sold_total())
+                            + adjusted
+                    );
+                }
+            }
+        }
+    }
 }
