@@ -66,7 +66,10 @@ pub struct KafkaLog {
     config: KafkaConfig,
     events_topic: String,
     snapshots_topic: String,
-    producer: FutureProducer,
+    /// The idempotent producer. Replaced when it fails fatally (librdkafka then refuses every
+    /// further record), so the log recovers without a restart; a std lock because it is only
+    /// held to clone or swap the handle.
+    producer: std::sync::RwLock<FutureProducer>,
     /// Per events partition: held while an append hands its records to the producer, so the
     /// records of two appends never interleave.
     append_locks: Vec<tokio::sync::Mutex<()>>,
@@ -129,7 +132,7 @@ impl KafkaLog {
             readers: ReaderPool::new(reader_client_config(&config)),
             events_topic,
             snapshots_topic,
-            producer,
+            producer: std::sync::RwLock::new(producer),
             append_locks: (0..partitions)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -211,6 +214,7 @@ impl KafkaLog {
     /// producer's queue is full. Resolves to the future of the broker's acknowledgement.
     async fn enqueue(
         &self,
+        producer: &FutureProducer,
         topic: &str,
         partition: u32,
         key: &str,
@@ -222,7 +226,7 @@ impl KafkaLog {
                 .partition(partition as i32)
                 .key(key)
                 .payload(value);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if started.elapsed() < self.config.delivery_timeout =>
@@ -242,9 +246,48 @@ impl KafkaLog {
         }
     }
 
+    /// The current producer (a cheap handle clone).
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failed delivery: when `failed` has hit a fatal error it will never deliver
+    /// again, so a new producer (with a new producer id) takes its place.
+    fn replace_if_fatal(&self, failed: &FutureProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            return; // another append already replaced it
+        }
+        match producer_client_config(&self.config, None).create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(
+                    bootstrap = %self.config.bootstrap_servers,
+                    ?code,
+                    reason,
+                    "kafka producer failed fatally; replaced it"
+                );
+                let old = std::mem::replace(&mut *current, fresh);
+                // Dropping a producer purges and briefly flushes it: not on this thread.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(e) => tracing::error!(
+                bootstrap = %self.config.bootstrap_servers,
+                error = %e,
+                "kafka producer failed fatally and a new one cannot be created"
+            ),
+        }
+    }
+
     /// Awaits one acknowledgement; the offset the record got.
     async fn delivered(
         &self,
+        producer: &FutureProducer,
         delivery: DeliveryFuture,
         topic: &str,
         partition: u32,
@@ -252,15 +295,18 @@ impl KafkaLog {
     ) -> Result<Offset, StorageError> {
         match delivery.await {
             Ok(Ok(delivery)) => Ok(delivery.offset as Offset),
-            Ok(Err((e, _))) => Err(self.kafka_error(
-                format!(
-                    "{} ({})",
-                    self.at("producing to", topic, partition, None),
-                    what()
-                ),
-                partition,
-                e,
-            )),
+            Ok(Err((e, _))) => {
+                self.replace_if_fatal(producer);
+                Err(self.kafka_error(
+                    format!(
+                        "{} ({})",
+                        self.at("producing to", topic, partition, None),
+                        what()
+                    ),
+                    partition,
+                    e,
+                ))
+            }
             Err(_canceled) => Err(StorageError::Closed(self.describe())),
         }
     }
@@ -284,7 +330,7 @@ impl KafkaLog {
         partition: u32,
     ) -> BoxFuture<'a, Result<Offset, StorageError>> {
         Box::pin(async move {
-            let producer = self.producer.clone();
+            let producer = self.producer();
             let lookup = topic.to_owned();
             let timeout = self.config.request_timeout;
             let context = || self.at("fetching the high watermark of", topic, partition, None);
@@ -406,7 +452,11 @@ fn base_client_config(config: &KafkaConfig, role: &str) -> ClientConfig {
         .set(
             "socket.timeout.ms",
             config.request_timeout.as_millis().to_string(),
-        );
+        )
+        // librdkafka backs off up to 10 s between reconnects by default; a restarted broker
+        // should be in use again within a second.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000");
     for (key, value) in &config.client_properties {
         client.set(key, value);
     }
@@ -474,12 +524,13 @@ impl EventLog for KafkaLog {
             }
             let topic = &self.events_topic;
             let started = Instant::now();
+            let producer = self.producer();
             let deliveries = {
                 let _exclusive = self.append_locks[partition as usize].lock().await;
                 let mut deliveries = Vec::with_capacity(records.len());
                 for record in &records {
                     deliveries.push(
-                        self.enqueue(topic, partition, &record.key, &record.value)
+                        self.enqueue(&producer, topic, partition, &record.key, &record.value)
                             .await?,
                     );
                 }
@@ -489,7 +540,7 @@ impl EventLog for KafkaLog {
             let mut first = 0;
             for (i, delivery) in deliveries.into_iter().enumerate() {
                 let offset = self
-                    .delivered(delivery, topic, partition, || {
+                    .delivered(&producer, delivery, topic, partition, || {
                         format!("record {} of {count}", i + 1)
                     })
                     .await?;
@@ -553,9 +604,14 @@ impl SnapshotStore for KafkaLog {
         Box::pin(async move {
             self.check_partition(partition)?;
             let topic = &self.snapshots_topic;
-            let delivery = self.enqueue(topic, partition, &key, &value).await?;
+            let producer = self.producer();
+            let delivery = self
+                .enqueue(&producer, topic, partition, &key, &value)
+                .await?;
             let offset = self
-                .delivered(delivery, topic, partition, || format!("snapshot of {key}"))
+                .delivered(&producer, delivery, topic, partition, || {
+                    format!("snapshot of {key}")
+                })
                 .await?;
             self.snapshots_acked_end[partition as usize].fetch_max(offset + 1, Ordering::AcqRel);
             if let Some(cached) = self.snapshots[partition as usize].lock().await.as_mut() {
@@ -675,7 +731,7 @@ impl LogBackend for KafkaLog {
             if self.closed.swap(true, Ordering::AcqRel) {
                 return Ok(());
             }
-            let producer = self.producer.clone();
+            let producer = self.producer();
             let timeout = self.config.delivery_timeout;
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await
