@@ -280,30 +280,18 @@ impl<A: Aggregate> AggregateHandle<A> {
 
     /// Spawns the actor of `key`, linked to the shard that runs it.
     fn spawner(&self, key: String, id: String) -> Spawner {
-        let shared = self.shared.clone();
-        let upcasters = self.upcasters.clone();
-        Box::new(move |supervisor, part, queued| {
-            Box::pin(async move {
-                let args = AggregateArgs {
-                    key,
-                    id,
-                    shared,
-                    partition: part,
-                    queued,
-                    upcasters,
-                };
-                let (actor, _) =
-                    Actor::spawn_linked(None, AggregateActor::<A>::new(), args, supervisor).await?;
-                Ok(actor.get_cell())
-            })
-        })
+        spawner::<A>(self.shared.clone(), self.upcasters.clone(), key, id)
     }
 
     /// The type-erased spawner and compaction hook shards use to settle this type's keys.
+    /// It holds no `Arc<Shared>` (the shard passes its own), so registering it in `Shared`
+    /// makes no reference cycle.
     pub(crate) fn aggregate_type(&self) -> AggregateType {
-        let handle = self.clone();
+        let upcasters = self.upcasters.clone();
         AggregateType {
-            spawner: Box::new(move |key, id| handle.spawner(key, id)),
+            spawner: Box::new(move |shared, key, id| {
+                spawner::<A>(shared, upcasters.clone(), key, id)
+            }),
             compact: Box::new(|cell| cell.send_message(AggregateMsg::<A>::Compact).is_ok()),
         }
     }
@@ -353,4 +341,28 @@ impl<A: Aggregate> AggregateHandle<A> {
             }),
         }
     }
+}
+
+/// Spawns the actor of `key`, linked to the shard that runs it.
+fn spawner<A: Aggregate>(
+    shared: Arc<Shared>,
+    upcasters: Arc<Upcasters>,
+    key: String,
+    id: String,
+) -> Spawner {
+    Box::new(move |supervisor, part, queued| {
+        Box::pin(async move {
+            let args = AggregateArgs {
+                key,
+                id,
+                shared,
+                partition: part,
+                queued,
+                upcasters,
+            };
+            let (actor, _) =
+                Actor::spawn_linked(None, AggregateActor::<A>::new(), args, supervisor).await?;
+            Ok(actor.get_cell())
+        })
+    })
 }

@@ -53,7 +53,7 @@ pub(crate) type Spawner = Box<
 /// What a shard needs to activate aggregates of one type on its own (to settle keys that
 /// hold its checkpoint back): registered when the application asks for the type's handle.
 pub(crate) struct AggregateType {
-    pub(crate) spawner: Box<dyn Fn(String, String) -> Spawner + Send + Sync>,
+    pub(crate) spawner: Box<dyn Fn(Arc<Shared>, String, String) -> Spawner + Send + Sync>,
     /// Sends the typed `Compact` message; false if the actor is no longer accepting.
     pub(crate) compact: Box<dyn Fn(&ActorCell) -> bool + Send + Sync>,
 }
@@ -269,7 +269,8 @@ impl ShardState {
             else {
                 continue; // the application has not asked for this type's handle yet
             };
-            let spawner = (aggregate_type.spawner)(key.clone(), id.to_string());
+            let spawner =
+                (aggregate_type.spawner)(self.shared.clone(), key.clone(), id.to_string());
             let (reply, _) = oneshot::channel();
             self.activate(myself, key.clone(), spawner, reply).await;
             if let Some(entry) = self.actors.get(&key) {

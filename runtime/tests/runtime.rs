@@ -558,3 +558,16 @@ async fn after_a_crash_idle_aggregates_are_settled_so_the_checkpoint_reaches_the
     }
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn after_shutdown_the_runtime_releases_its_backend() {
+    let log = Arc::new(MemoryLog::new(2));
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<Account>();
+    accounts.send("a", Cmd::Deposit(1)).await.unwrap();
+    runtime.shutdown().await.unwrap();
+    drop(accounts);
+    drop(runtime);
+    // Actor tasks finish a moment after the shutdown returns.
+    eventually("every reference to the backend dropped", || Arc::strong_count(&log) == 1).await;
+}
