@@ -31,6 +31,8 @@ mod handle;
 mod instance;
 mod log;
 pub mod metrics;
+#[cfg(feature = "kafka")]
+mod ownership;
 mod partition;
 mod runtime;
 mod shard;
@@ -50,5 +52,7 @@ pub use log::{
     CheckpointStore, EventLog, LogBackend, LogRecord, Offset, Position, SnapshotStore,
     StoredRecord, aggregate_key, partition_for,
 };
+#[cfg(feature = "kafka")]
+pub use ownership::KafkaOwnership;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use testkit::TestFramework;

@@ -66,6 +66,11 @@ pub struct KafkaLog {
     config: KafkaConfig,
     events_topic: String,
     snapshots_topic: String,
+    /// `{prefix}.owners`: one partition, compacted; key = events partition, value = the
+    /// endpoint of the instance that serves it (written by partition ownership).
+    owners_topic: String,
+    /// What has been read of the owners topic: the next offset and the latest owners.
+    owners: tokio::sync::Mutex<(Offset, HashMap<u32, String>)>,
     /// The idempotent producer. Replaced when it fails fatally (librdkafka then refuses every
     /// further record), so the log recovers without a restart; a std lock because it is only
     /// held to clone or swap the handle.
@@ -97,6 +102,7 @@ impl KafkaLog {
         config.validate()?;
         let events_topic = format!("{}.events", config.prefix());
         let snapshots_topic = format!("{}.snapshots", config.prefix());
+        let owners_topic = format!("{}.owners", config.prefix());
         let bootstrap = config.bootstrap_servers.clone();
 
         let timeout = config.request_timeout;
@@ -113,6 +119,12 @@ impl KafkaLog {
                 topics::TopicSpec {
                     name: &snapshots_topic,
                     partitions: config.partitions,
+                    replication_factor: config.replication_factor,
+                    configs: &[("cleanup.policy", "compact")],
+                },
+                topics::TopicSpec {
+                    name: &owners_topic,
+                    partitions: 1,
                     replication_factor: config.replication_factor,
                     configs: &[("cleanup.policy", "compact")],
                 },
@@ -133,6 +145,8 @@ impl KafkaLog {
             events_topic,
             snapshots_topic,
             producer: std::sync::RwLock::new(producer),
+            owners_topic,
+            owners: tokio::sync::Mutex::new((0, HashMap::new())),
             append_locks: (0..partitions)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -180,6 +194,56 @@ impl KafkaLog {
             self.catch_up_snapshots(partition, cached).await?;
         }
         Ok(())
+    }
+
+    /// Records this instance (`endpoint`) as the server of `partitions` in the owners topic;
+    /// resolves once the broker acknowledged.
+    pub(crate) async fn publish_owner(
+        &self,
+        partitions: &[u32],
+        endpoint: &str,
+    ) -> Result<(), StorageError> {
+        let topic = &self.owners_topic;
+        let producer = self.producer();
+        let mut deliveries = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let key = partition.to_string();
+            deliveries.push(
+                self.enqueue(&producer, topic, 0, &key, endpoint.as_bytes())
+                    .await?,
+            );
+        }
+        for delivery in deliveries {
+            self.delivered(&producer, delivery, topic, 0, || {
+                format!("owner {endpoint}")
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The latest owner endpoint of every events partition, as published in the owners topic.
+    pub(crate) async fn owners(&self) -> Result<HashMap<u32, String>, StorageError> {
+        let topic = &self.owners_topic;
+        let mut cache = self.owners.lock().await;
+        let end = self.high_watermark(topic, 0).await?;
+        while cache.0 < end {
+            let records = self
+                .read_topic(topic, 0, cache.0, 1024, self.config.request_timeout, end)
+                .await?;
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                cache.0 = record.position.offset + 1;
+                if let (Ok(partition), Ok(endpoint)) =
+                    (record.key.parse::<u32>(), String::from_utf8(record.value))
+                {
+                    cache.1.insert(partition, endpoint);
+                }
+            }
+        }
+        Ok(cache.1.clone())
     }
 
     /// "kafka HOST:PORT: WHAT topic T partition P[ offset O]", for errors and logs.
