@@ -264,6 +264,20 @@ where
     S: ViewStore<P::Key, P::Value>,
 {
     fn run(self) -> BatchOutcome {
+        let span = tracing::debug_span!(
+            "projection batch",
+            projection = %self.label,
+            partition = self.partition,
+            size = self.records.len(),
+            applied = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let outcome = self.apply_all();
+        span.record("applied", outcome.applied);
+        outcome
+    }
+
+    fn apply_all(self) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let projection = &*self.projection;
         let result = self
