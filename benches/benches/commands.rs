@@ -47,7 +47,9 @@ where
         t.await.expect("bench task");
     }
     // Normalize to exactly `iters` operations.
-    start.elapsed().mul_f64(iters as f64 / (per_task * n as u64) as f64)
+    start
+        .elapsed()
+        .mul_f64(iters as f64 / (per_task * n as u64) as f64)
 }
 
 async fn start_runtime(backend: Arc<dyn LogBackend>) -> Runtime {
