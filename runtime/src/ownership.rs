@@ -7,7 +7,11 @@
 //! - **Revoke** (before the partitions leave this member): the shards stop taking commands,
 //!   drain their actors, write their snapshots and commit their checkpoints — all before the
 //!   rebalance callback returns, so the next owner starts from a complete log and snapshots.
-//! - **Assign** (after the partitions arrive): the snapshot cache is refreshed (another
+//!   In the transactional mode the partitions' producers then commit and stop
+//!   ([`KafkaLog::release_partition`]).
+//! - **Assign** (after the partitions arrive): in the transactional mode the partition's
+//!   transactional producer is created first, fencing the previous owner
+//!   ([`KafkaLog::acquire_partition`]); then the snapshot cache is refreshed (another
 //!   instance may have written snapshots meanwhile) and the shards recover from the
 //!   partition checkpoint. The consumer is paused on them: it exists for membership, not to
 //!   read events.
@@ -22,7 +26,9 @@
 //!
 //! Without transactions, a member that loses its group session (a long pause, a network
 //! partition) is told so only when it next talks to the broker; until then it may still
-//! append. The transactional mode fences such a zombie.
+//! append. The transactional mode ([`KafkaConfig::transactional`](crate::KafkaConfig))
+//! fences such a zombie: the new owner's producer takes the partition's transactional id, and
+//! the zombie's appends fail with [`StorageError::Fenced`] instead of reaching the log.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,8 +80,16 @@ impl ConsumerContext for OwnershipContext {
                 let partitions = partitions_of(list);
                 info!(?partitions, "partitions revoked; handing them over");
                 // Blocks the consumer's poll thread (never a tokio worker) until every actor
-                // of these partitions has snapshotted and stopped.
-                self.tokio.block_on(self.runtime.revoke(&partitions, None));
+                // of these partitions has snapshotted and stopped; then, in the transactional
+                // mode, their producers commit and stop.
+                self.tokio.block_on(async {
+                    self.runtime.revoke(&partitions, None).await;
+                    for &partition in &partitions {
+                        if let Err(e) = self.log.release_partition(partition).await {
+                            warn!(partition, error = %e, "cannot release the partition's producer");
+                        }
+                    }
+                });
             }
             Rebalance::Error(e) => warn!(error = %e, "consumer group rebalance failed"),
             Rebalance::Assign(_) => {}
@@ -95,6 +109,8 @@ impl ConsumerContext for OwnershipContext {
             info!(?partitions, "partitions assigned; recovering them");
             let result = self.tokio.block_on(async {
                 for &partition in &partitions {
+                    // Transactional mode: fences the previous owner before anything is read.
+                    self.log.acquire_partition(partition).await?;
                     self.log.refresh_snapshots(partition).await?;
                 }
                 self.runtime.assign(&partitions).await

@@ -48,11 +48,13 @@ mod config;
 mod reader;
 mod snapshots;
 mod topics;
+mod transactions;
 
 pub use config::KafkaConfig;
 
 use reader::{ReadLimits, ReaderPool};
 use snapshots::PartitionSnapshots;
+use transactions::{PartitionProducer, TxnAppend, TxnSettings};
 
 /// How many snapshot records one step of reading the snapshots topic asks for.
 const SNAPSHOT_READ_BATCH: usize = 1024;
@@ -88,7 +90,22 @@ pub struct KafkaLog {
     readers: ReaderPool,
     /// One consumer per checkpoint group, used only to commit and fetch offsets.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    /// In the transactional mode, per events partition: its transactional producer, if this
+    /// instance holds one. A tokio mutex because acquiring holds it while the producer
+    /// initialises.
+    transactions: Option<Vec<tokio::sync::Mutex<TxnSlot>>>,
     closed: AtomicBool,
+}
+
+/// What this instance holds of one partition in the transactional mode.
+enum TxnSlot {
+    /// Never acquired: the first append acquires it (a runtime without partition ownership
+    /// owns every partition).
+    Unclaimed,
+    /// Acquired: appends go to this producer (until it is fenced).
+    Owned(PartitionProducer),
+    /// Released to another owner; appends fail as fenced until acquired again.
+    Released,
 }
 
 impl KafkaLog {
@@ -156,6 +173,11 @@ impl KafkaLog {
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             groups: Mutex::new(HashMap::new()),
+            transactions: config.transactional.then(|| {
+                (0..partitions)
+                    .map(|_| tokio::sync::Mutex::new(TxnSlot::Unclaimed))
+                    .collect()
+            }),
             closed: AtomicBool::new(false),
             config,
         };
@@ -164,6 +186,7 @@ impl KafkaLog {
             events = %log.events_topic,
             snapshots = %log.snapshots_topic,
             partitions = log.config.partitions,
+            transactional = log.config.transactional,
             "kafka log open"
         );
         Ok(log)
@@ -194,6 +217,155 @@ impl KafkaLog {
             self.catch_up_snapshots(partition, cached).await?;
         }
         Ok(())
+    }
+
+    /// Takes `partition` over for this instance in the transactional mode: creates its
+    /// transactional producer (`transactional.id = "{app_id}-{partition}"`), which fences the
+    /// producer of any previous owner. Partition ownership calls it when a partition is
+    /// assigned, before recovering it; without ownership the first append to a partition
+    /// acquires it. Acquiring a partition this instance holds is a no-op, unless its producer
+    /// was fenced: then a new one takes over (ownership assigned the partition back).
+    /// Does nothing outside the transactional mode.
+    pub async fn acquire_partition(&self, partition: u32) -> Result<(), StorageError> {
+        self.check_partition(partition)?;
+        let Some(slots) = &self.transactions else {
+            return Ok(());
+        };
+        let mut slot = slots[partition as usize].lock().await;
+        if let TxnSlot::Owned(producer) = &*slot
+            && producer.fenced().is_none()
+        {
+            return Ok(());
+        }
+        if let TxnSlot::Owned(fenced) = std::mem::replace(&mut *slot, TxnSlot::Released) {
+            join_producer(fenced).await;
+        }
+        *slot = TxnSlot::Owned(self.start_producer(partition).await?);
+        Ok(())
+    }
+
+    /// Gives `partition` up in the transactional mode: its producer finishes its open
+    /// transaction and stops; later appends to the partition fail with
+    /// [`StorageError::Fenced`] until it is acquired again. Partition ownership calls it after
+    /// the partition's actors have stopped. Does nothing outside the transactional mode.
+    pub async fn release_partition(&self, partition: u32) -> Result<(), StorageError> {
+        self.check_partition(partition)?;
+        let Some(slots) = &self.transactions else {
+            return Ok(());
+        };
+        let mut slot = slots[partition as usize].lock().await;
+        if let TxnSlot::Owned(producer) = std::mem::replace(&mut *slot, TxnSlot::Released) {
+            join_producer(producer).await;
+        }
+        Ok(())
+    }
+
+    /// Creates and initialises the transactional producer of `partition`.
+    async fn start_producer(&self, partition: u32) -> Result<PartitionProducer, StorageError> {
+        let transactional_id = format!("{}-{partition}", self.config.app_id);
+        let client = producer_client_config(&self.config, Some(&transactional_id));
+        let settings = TxnSettings {
+            partition,
+            transactional_id,
+            commit_interval: self.config.commit_interval,
+            timeout: self.config.delivery_timeout,
+            describe: format!("kafka {}", self.config.bootstrap_servers),
+        };
+        let started = Instant::now();
+        let producer =
+            tokio::task::spawn_blocking(move || PartitionProducer::start(client, settings))
+                .await
+                .map_err(|e| {
+                    StorageError::io(
+                        self.at(
+                            "starting the producer of",
+                            &self.events_topic,
+                            partition,
+                            None,
+                        ),
+                        e,
+                    )
+                })??;
+        tracing::info!(
+            partition,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "kafka transactional producer initialised; earlier owners are fenced"
+        );
+        Ok(producer)
+    }
+
+    /// Appends `records` to `topic`/`partition` in the partition's next transaction; resolves
+    /// to the first record's offset once that transaction committed.
+    async fn append_transactional(
+        &self,
+        slots: &[tokio::sync::Mutex<TxnSlot>],
+        topic: &str,
+        partition: u32,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<Offset, StorageError> {
+        let fenced = |detail: String| StorageError::Fenced { partition, detail };
+        let (reply, committed) = tokio::sync::oneshot::channel();
+        {
+            let mut slot = slots[partition as usize].lock().await;
+            if let TxnSlot::Unclaimed = &*slot {
+                *slot = TxnSlot::Owned(self.start_producer(partition).await?);
+            }
+            let producer = match &*slot {
+                TxnSlot::Owned(producer) => producer,
+                _ => {
+                    return Err(fenced(format!(
+                        "{}: this instance released the partition",
+                        self.at("appending to", topic, partition, None)
+                    )));
+                }
+            };
+            if let Some(detail) = producer.fenced() {
+                return Err(fenced(detail));
+            }
+            let append = TxnAppend {
+                topic: topic.to_owned(),
+                records,
+                reply,
+            };
+            if producer.send(append).is_err() {
+                return Err(match producer.fenced() {
+                    Some(detail) => fenced(detail),
+                    None => StorageError::Closed(self.describe()),
+                });
+            }
+        }
+        committed
+            .await
+            .map_err(|_| StorageError::Closed(self.describe()))?
+    }
+
+    /// The last stable offset of `topic`/`partition` (every committed record is below it), as
+    /// a freshly positioned `read_committed` reader finds it: the broker's ListOffsets cannot
+    /// be trusted for it. Starts reading at `known`, an offset known to be at most that end.
+    async fn stable_end(
+        &self,
+        topic: &str,
+        partition: u32,
+        known: Offset,
+    ) -> Result<Offset, StorageError> {
+        let context = || self.at("finding the end of", topic, partition, Some(known));
+        let mut reader = self.readers.take(topic, partition, known, true, context)?;
+        let end = reader
+            .seek_end(self.config.request_timeout, |offset| {
+                self.at("finding the end of", topic, partition, Some(offset))
+            })
+            .await?;
+        let Some(end) = end else {
+            return Err(StorageError::io(
+                context(),
+                std::io::Error::other(format!(
+                    "the reader did not reach the end within {:?}",
+                    self.config.request_timeout
+                )),
+            ));
+        };
+        self.readers.give_back(topic, partition, reader);
+        Ok(end.max(known))
     }
 
     /// Records this instance (`endpoint`) as the server of `partitions` in the owners topic;
@@ -419,7 +591,7 @@ impl KafkaLog {
         wait: Duration,
         known_end: Offset,
     ) -> Result<Vec<StoredRecord>, StorageError> {
-        let mut reader = self.readers.take(topic, partition, from, || {
+        let mut reader = self.readers.take(topic, partition, from, false, || {
             self.at("reading", topic, partition, Some(from))
         })?;
         let limits = ReadLimits {
@@ -447,7 +619,12 @@ impl KafkaLog {
     ) -> Result<(), StorageError> {
         let topic = &self.snapshots_topic;
         let acked_end = self.snapshots_acked_end[partition as usize].load(Ordering::Acquire);
-        let end = self.high_watermark(topic, partition).await?.max(acked_end);
+        let end = if self.transactions.is_some() {
+            self.stable_end(topic, partition, cached.read_to.max(acked_end))
+                .await?
+        } else {
+            self.high_watermark(topic, partition).await?.max(acked_end)
+        };
         while cached.read_to < end {
             let records = self
                 .read_topic(
@@ -459,6 +636,11 @@ impl KafkaLog {
                     end,
                 )
                 .await?;
+            if records.is_empty() && self.transactions.is_some() {
+                // Offsets without a committed record (commit markers) end the partition; the
+                // reader returns nothing once every committed record below `end` was read.
+                break;
+            }
             if records.is_empty() {
                 return Err(StorageError::io(
                     self.at(
@@ -551,6 +733,12 @@ fn producer_client_config(config: &KafkaConfig, transactional_id: Option<&str>) 
     client
 }
 
+/// Stops a transactional producer and waits (off the async workers) until its thread ended.
+async fn join_producer(producer: PartitionProducer) {
+    let thread = producer.stop();
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+}
+
 /// Consumers that read one assigned partition: no group, no offset commits.
 fn reader_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = base_client_config(config, "reader");
@@ -568,6 +756,14 @@ fn reader_client_config(config: &KafkaConfig) -> ClientConfig {
         .set("fetch.wait.max.ms", "100")
         // Prefetch per consumer; one consumer per partition being read.
         .set("queued.max.messages.kbytes", "8192");
+    if config.transactional {
+        client
+            .set("isolation.level", "read_committed")
+            // A read_committed consumer skips commit markers and aborted records silently;
+            // its end-of-partition events are how a reader knows it has read everything
+            // committed (see `reader.rs`).
+            .set("enable.partition.eof", "true");
+    }
     client
 }
 
@@ -587,6 +783,16 @@ impl EventLog for KafkaLog {
                 return self.end_offset(partition).await;
             }
             let topic = &self.events_topic;
+            if let Some(slots) = &self.transactions {
+                let count = records.len() as Offset;
+                let records = records.into_iter().map(|r| (r.key, r.value)).collect();
+                let first = self
+                    .append_transactional(slots, topic, partition, records)
+                    .await?;
+                self.events_acked_end[partition as usize]
+                    .fetch_max(first + count, Ordering::AcqRel);
+                return Ok(first);
+            }
             let started = Instant::now();
             let producer = self.producer();
             let deliveries = {
@@ -652,8 +858,17 @@ impl EventLog for KafkaLog {
     fn end_offset(&self, partition: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
         Box::pin(async move {
             self.check_partition(partition)?;
+            let known_end = &self.events_acked_end[partition as usize];
+            if self.transactions.is_some() {
+                let known = known_end.load(Ordering::Acquire);
+                let end = self
+                    .stable_end(&self.events_topic, partition, known)
+                    .await?;
+                known_end.fetch_max(end, Ordering::AcqRel);
+                return Ok(end);
+            }
             let high = self.high_watermark(&self.events_topic, partition).await?;
-            Ok(high.max(self.events_acked_end[partition as usize].load(Ordering::Acquire)))
+            Ok(high.max(known_end.load(Ordering::Acquire)))
         })
     }
 }
@@ -668,15 +883,23 @@ impl SnapshotStore for KafkaLog {
         Box::pin(async move {
             self.check_partition(partition)?;
             let topic = &self.snapshots_topic;
-            let producer = self.producer();
-            let delivery = self
-                .enqueue(&producer, topic, partition, &key, &value)
-                .await?;
-            let offset = self
-                .delivered(&producer, delivery, topic, partition, || {
-                    format!("snapshot of {key}")
-                })
-                .await?;
+            let offset = match &self.transactions {
+                Some(slots) => {
+                    let records = vec![(key.clone(), value.clone())];
+                    self.append_transactional(slots, topic, partition, records)
+                        .await?
+                }
+                None => {
+                    let producer = self.producer();
+                    let delivery = self
+                        .enqueue(&producer, topic, partition, &key, &value)
+                        .await?;
+                    self.delivered(&producer, delivery, topic, partition, || {
+                        format!("snapshot of {key}")
+                    })
+                    .await?
+                }
+            };
             self.snapshots_acked_end[partition as usize].fetch_max(offset + 1, Ordering::AcqRel);
             if let Some(cached) = self.snapshots[partition as usize].lock().await.as_mut() {
                 cached.record(key, offset, value);
@@ -794,6 +1017,13 @@ impl LogBackend for KafkaLog {
         Box::pin(async move {
             if self.closed.swap(true, Ordering::AcqRel) {
                 return Ok(());
+            }
+            // Transactional producers commit what they hold, then stop.
+            for slot in self.transactions.iter().flatten() {
+                let mut slot = slot.lock().await;
+                if let TxnSlot::Owned(producer) = std::mem::replace(&mut *slot, TxnSlot::Released) {
+                    join_producer(producer).await;
+                }
             }
             let producer = self.producer();
             let timeout = self.config.delivery_timeout;

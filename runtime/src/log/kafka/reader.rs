@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, TopicPartitionList};
 
@@ -31,6 +32,13 @@ pub(super) struct PartitionReader {
     /// True until the consumer delivers a record after its last (re)assignment: it may not
     /// have fetched anything yet, so "nothing received" does not mean "nothing there".
     fresh: bool,
+    /// Where the consumer last reached the end of the partition (its position at a
+    /// partition-EOF event), while it has delivered nothing beyond. Only readers created with
+    /// `enable.partition.eof=true` (the transactional mode) learn it. For a `read_committed`
+    /// consumer this is the last stable offset: every committed record below it was delivered.
+    /// Offsets without a record (commit markers, aborted records) are skipped silently, so
+    /// this is what tells "nothing more" from "not fetched yet".
+    caught_up_to: Option<Offset>,
 }
 
 /// The idle readers, by (topic, partition).
@@ -47,12 +55,14 @@ impl ReaderPool {
         }
     }
 
-    /// A reader of `topic`/`partition` positioned at `from`.
+    /// A reader of `topic`/`partition` positioned at `from`; `force_assign` assigns (seeks)
+    /// even a reader already positioned there, so it reports the partition's end afresh.
     pub(super) fn take(
         &self,
         topic: &str,
         partition: u32,
         from: Offset,
+        force_assign: bool,
         context: impl Fn() -> String,
     ) -> Result<PartitionReader, StorageError> {
         let reused = {
@@ -73,9 +83,10 @@ impl ReaderPool {
                 })?,
                 next: None,
                 fresh: true,
+                caught_up_to: None,
             },
         };
-        if reader.next != Some(from) {
+        if reader.next != Some(from) || force_assign {
             let mut assignment = TopicPartitionList::new();
             assignment
                 .add_partition_offset(
@@ -90,6 +101,7 @@ impl ReaderPool {
                 .map_err(|e| StorageError::io(format!("{}: assigning", context()), e))?;
             reader.next = Some(from);
             reader.fresh = true;
+            reader.caught_up_to = None;
         }
         Ok(reader)
     }
@@ -135,6 +147,7 @@ impl PartitionReader {
         }
         let mut deadline = tokio::time::Instant::now() + limits.wait;
         let mut extended = false;
+        let mut known_end = limits.known_end;
         loop {
             let received = if records.is_empty() {
                 tokio::time::timeout_at(deadline, self.consumer.recv())
@@ -149,6 +162,9 @@ impl PartitionReader {
                     self.fresh = false;
                     let offset = message.offset() as Offset;
                     self.next = Some(offset + 1);
+                    if self.caught_up_to.is_some_and(|end| offset >= end) {
+                        self.caught_up_to = None;
+                    }
                     // After an out-of-range reset the consumer may deliver records before
                     // `from`; they were not asked for.
                     if offset < from {
@@ -172,6 +188,13 @@ impl PartitionReader {
                         break;
                     }
                 }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.fresh = false;
+                    self.caught_up_to = self.end_position();
+                    if !records.is_empty() || (extended && self.caught_up(known_end)) {
+                        break;
+                    }
+                }
                 Some(Err(e)) => {
                     let at = self.next.unwrap_or(from);
                     self.next = None;
@@ -180,7 +203,9 @@ impl PartitionReader {
                 None if records.is_empty() && !extended => {
                     // Nothing arrived within the long-poll window. If records are known to be
                     // there, the consumer just has not fetched them yet: wait for them.
-                    let mut known_end = limits.known_end;
+                    if self.caught_up(known_end) {
+                        break;
+                    }
                     if self.fresh {
                         self.fresh = false;
                         known_end = known_end.max((&mut limits.query_end).await?);
@@ -201,6 +226,59 @@ impl PartitionReader {
             );
         }
         Ok(records)
+    }
+
+    /// Whether every committed record below `end` has been delivered (as far as known).
+    fn caught_up(&self, end: Offset) -> bool {
+        self.caught_up_to.is_some_and(|reached| reached >= end)
+    }
+
+    /// Where the consumer is when it reports the end of the partition: the offset after the
+    /// last record or commit marker it went past (librdkafka moves the position over markers
+    /// too). A consumer that went past nothing since it was assigned has no position yet; it
+    /// is still where it was assigned.
+    fn end_position(&self) -> Option<Offset> {
+        let position = self.consumer.position().ok().and_then(|list| {
+            let element = list.elements().into_iter().next()?;
+            element
+                .offset()
+                .to_raw()
+                .and_then(|o| Offset::try_from(o).ok())
+        });
+        position.or(self.next)
+    }
+
+    /// Reads on (discarding records) until the consumer reports the end of the partition;
+    /// that end. For a `read_committed` consumer with `enable.partition.eof=true`, freshly
+    /// assigned: the last stable offset. `None` when no end was reported within `timeout`.
+    pub(super) async fn seek_end(
+        &mut self,
+        timeout: Duration,
+        context: impl Fn(Offset) -> String,
+    ) -> Result<Option<Offset>, StorageError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_elapsed) => return Ok(None),
+                Ok(Ok(message)) => {
+                    self.fresh = false;
+                    self.next = Some(message.offset() as Offset + 1);
+                }
+                Ok(Err(KafkaError::PartitionEOF(_))) => {
+                    self.fresh = false;
+                    self.caught_up_to = self.end_position();
+                    if let Some(end) = self.caught_up_to {
+                        self.next = Some(end);
+                    }
+                    return Ok(self.caught_up_to);
+                }
+                Ok(Err(e)) => {
+                    let at = self.next.unwrap_or_default();
+                    self.next = None;
+                    return Err(StorageError::io(context(at), e));
+                }
+            }
+        }
     }
 }
 
