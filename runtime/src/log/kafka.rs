@@ -25,6 +25,32 @@
 //!   command id detects it).
 //! - `end_offset` is the partition's high watermark, and at least the end of this log's own
 //!   acknowledged appends.
+//!
+//! # Transactional mode
+//! With [`KafkaConfig::transactional`] the log fences a stale owner ("zombie") of a partition
+//! (see `kafka/transactions.rs`):
+//! - **One producer per owned partition**, `transactional.id = "{app_id}-{partition}"`, created
+//!   by [`KafkaLog::acquire_partition`] (partition ownership calls it on assign; without
+//!   ownership the first append to the partition does). Its `init_transactions` fences every
+//!   older producer with the same id: their transactions are aborted and their later appends
+//!   fail with [`StorageError::Fenced`] — never a success. A fenced partition stays fenced
+//!   for this log until it is acquired again; the log never re-initialises it by itself,
+//!   because that would fence the new owner back. [`KafkaLog::release_partition`] gives a
+//!   partition up (later appends fail as fenced).
+//! - **Durability and atomicity.** An append (events, or a snapshot) resolves once the
+//!   transaction holding it committed: its records are on every in-sync replica and visible
+//!   to `read_committed` readers, all of them or none. Events and snapshots of one partition
+//!   share its transactions.
+//! - **Group commit.** Appends to a partition arriving within [`KafkaConfig::commit_interval`]
+//!   of the transaction's first one share that transaction. The blocking transactional calls
+//!   run on the producer's own thread, never on the async workers.
+//! - **Reads** are `read_committed`: records of open or aborted transactions are never
+//!   returned. Offsets are not dense: every commit leaves a marker record, which readers skip.
+//! - `end_offset` is the last stable offset (every committed record is below it), found by a
+//!   `read_committed` reader reaching the end of the partition, because the broker's ListOffsets
+//!   answer cannot be relied on for it. It costs a fetch round trip.
+//! - Checkpoints are committed outside the transactions: they are only a recovery bound.
+//! - The owners topic is written by the plain idempotent producer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -324,7 +324,9 @@ fn commit(
         match producer.commit_transaction(left) {
             Ok(()) => return None,
             Err(e) => match classify(&e) {
-                Failure::Retriable if Instant::now() < deadline => continue,
+                Failure::Retriable if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 kind => return Some((kind, format!("{}: {e}", at("committing a transaction")))),
             },
         }
