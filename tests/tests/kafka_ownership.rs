@@ -56,13 +56,20 @@ async fn instance(bootstrap: &str, prefix: &str, app: &str, endpoint: &str) -> I
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Sends through whichever instance owns the aggregate, following `NotOwner` answers.
-async fn send(instances: &[&Runtime], id: &str, command_id: &str) -> keel::Committed<keel_tests::tally::TallyEvent> {
+async fn send(
+    instances: &[&Runtime],
+    id: &str,
+    command_id: &str,
+) -> keel::Committed<keel_tests::tally::TallyEvent> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         for runtime in instances {
@@ -77,7 +84,10 @@ async fn send(instances: &[&Runtime], id: &str, command_id: &str) -> keel::Commi
                 Err(e) => panic!("command {command_id} to {id}: {e}"),
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no instance took {id}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no instance took {id}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -92,11 +102,17 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
     let a = instance(&bootstrap, &prefix, &app, "node-a:7001").await;
     let b = instance(&bootstrap, &prefix, &app, "node-b:7002").await;
 
-    eventually("the group splits the partitions between both instances", || {
-        let (pa, pb) = (a.runtime.owned_partitions(), b.runtime.owned_partitions());
-        let all: BTreeSet<u32> = pa.iter().chain(&pb).copied().collect();
-        !pa.is_empty() && !pb.is_empty() && all.len() == PARTITIONS as usize && pa.len() + pb.len() == PARTITIONS as usize
-    })
+    eventually(
+        "the group splits the partitions between both instances",
+        || {
+            let (pa, pb) = (a.runtime.owned_partitions(), b.runtime.owned_partitions());
+            let all: BTreeSet<u32> = pa.iter().chain(&pb).copied().collect();
+            !pa.is_empty()
+                && !pb.is_empty()
+                && all.len() == PARTITIONS as usize
+                && pa.len() + pb.len() == PARTITIONS as usize
+        },
+    )
     .await;
 
     // An aggregate on a partition B owns: A says NotOwner, naming B once it knows.
@@ -107,7 +123,12 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
             b.runtime.owned_partitions().contains(&p)
         })
         .unwrap();
-    let err = a.runtime.aggregate::<Tally>().send(&on_b, 1).await.unwrap_err();
+    let err = a
+        .runtime
+        .aggregate::<Tally>()
+        .send(&on_b, 1)
+        .await
+        .unwrap_err();
     assert!(err.not_owner().is_some(), "{err}");
     eventually("A learns that B owns the partition", || {
         let err = futures_lite_block(a.runtime.aggregate::<Tally>().send(&on_b, 1));
@@ -137,7 +158,12 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
     let only_b = [&b.runtime];
     for i in 0..24 {
         let id = format!("t{i}");
-        let total = b.runtime.aggregate::<Tally>().query(&id, |t| t.total).await.unwrap();
+        let total = b
+            .runtime
+            .aggregate::<Tally>()
+            .query(&id, |t| t.total)
+            .await
+            .unwrap();
         assert_eq!(total, 3, "{id} after the takeover");
         let command_id = format!("r3-{i}");
         let done = send(&only_b, &id, &command_id).await;
@@ -152,18 +178,33 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
         let end = b.log.end_offset(partition).await.unwrap();
         let mut from = 0;
         while from < end {
-            let batch = b.log.read(partition, from, 500, Duration::from_secs(1)).await.unwrap();
-            assert!(!batch.is_empty(), "partition {partition} stops at {from} before {end}");
+            let batch = b
+                .log
+                .read(partition, from, 500, Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert!(
+                !batch.is_empty(),
+                "partition {partition} stops at {from} before {end}"
+            );
             for r in &batch {
                 let env = EventEnvelope::decode(&r.value, &r.position).unwrap();
-                *by_command.entry(env.command_id.clone().unwrap_or_default()).or_default() += 1;
-                seqs.entry(env.aggregate_id.clone()).or_default().push(env.seq);
+                *by_command
+                    .entry(env.command_id.clone().unwrap_or_default())
+                    .or_default() += 1;
+                seqs.entry(env.aggregate_id.clone())
+                    .or_default()
+                    .push(env.seq);
             }
             from = batch.last().unwrap().position.offset + 1;
         }
     }
     for (command_id, id, seq) in &acked {
-        assert_eq!(by_command.get(command_id), Some(&1), "{command_id} ({id} seq {seq})");
+        assert_eq!(
+            by_command.get(command_id),
+            Some(&1),
+            "{command_id} ({id} seq {seq})"
+        );
     }
     for (id, seqs) in &seqs {
         assert_eq!(seqs, &(1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}");
