@@ -2,7 +2,7 @@
 //!
 //! | file | part |
 //! |---|---|
-//! | `demo/backend.rs` | opening the log (embedded in `--data-dir`, or Kafka) and counting its events |
+//! | `demo/backend.rs` | opening the log (embedded in `--data-dir`, or Kafka), starting the runtime (on Kafka: in the consumer group), counting the log's events |
 //! | `demo/simulation.rs` | the simulated stores: tills sending shipments, sales, adjustments |
 //! | `demo/progress.rs` | the live progress line |
 //! | `demo/report.rs` | the final summary: tables, or one JSON object |

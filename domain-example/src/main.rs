@@ -43,7 +43,9 @@ struct StorageArgs {
     #[arg(long, value_name = "DIR", default_value = "keel-data")]
     data_dir: PathBuf,
     /// Use the Kafka brokers at BOOTSTRAP ("host:port[,host:port…]") as the log instead of the
-    /// embedded log (persisted views stay in --data-dir). Needs a build with `--features kafka`.
+    /// embedded log (persisted views stay in --data-dir). Several processes with the same
+    /// brokers share the stores' partitions through a consumer group. Needs the `kafka` cargo
+    /// feature (on by default).
     #[arg(long, value_name = "BOOTSTRAP")]
     kafka: Option<String>,
 }

@@ -192,3 +192,69 @@ fn help_documents_the_options() {
         assert!(help.contains(option), "--help lacks {option}: {help}");
     }
 }
+
+/// The Kafka brokers named by `KEEL_KAFKA_BOOTSTRAP` (`scripts/broker start`), or `None` to
+/// skip; with `KEEL_REQUIRE_KAFKA=1` a missing broker fails the test instead.
+#[cfg(feature = "kafka")]
+fn kafka_bootstrap() -> Option<String> {
+    match std::env::var("KEEL_KAFKA_BOOTSTRAP") {
+        Ok(bootstrap) if !bootstrap.trim().is_empty() => Some(bootstrap),
+        _ if std::env::var("KEEL_REQUIRE_KAFKA").is_ok_and(|v| v == "1") => {
+            panic!("KEEL_REQUIRE_KAFKA=1 but KEEL_KAFKA_BOOTSTRAP is not set")
+        }
+        _ => {
+            eprintln!("skipping: KEEL_KAFKA_BOOTSTRAP is not set");
+            None
+        }
+    }
+}
+
+#[cfg(feature = "kafka")]
+#[test]
+fn runs_on_kafka_in_the_consumer_group_and_counts_the_log_from_its_end_offsets() {
+    let Some(bootstrap) = kafka_bootstrap() else {
+        return;
+    };
+    let run = |dir: &Path| {
+        let output = inventory(&[
+            "--kafka",
+            &bootstrap,
+            "--data-dir",
+            dir.to_str().expect("utf-8 temp path"),
+            "--json",
+            "--duration",
+            "2",
+            "--stores",
+            "3",
+            "--skus",
+            "10",
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "run on kafka failed: {stderr}");
+        serde_json::from_slice::<Value>(&output.stdout).expect("one JSON object")
+    };
+    let first_dir = tempfile::tempdir().expect("temp dir");
+    let first = run(first_dir.path());
+    assert!(number(&first, "committed") > 0, "{first}");
+    assert_eq!(number(&first, "failed"), 0, "{first}");
+    assert_eq!(number(&first, "projection_lag"), 0);
+    // Alone in the group, the process owns every partition.
+    let partitions = &first["partitions"];
+    let of = partitions["of"].as_u64().expect("partition count");
+    assert_eq!(
+        partitions["owned"].as_array().map(Vec::len),
+        Some(of as usize),
+        "{first}"
+    );
+
+    // A second process (its own data dir) continues on the same topics: the log's end
+    // offsets grow by exactly what it committed.
+    let second_dir = tempfile::tempdir().expect("temp dir");
+    let second = run(second_dir.path());
+    assert_eq!(
+        number(&second, "events_in_log"),
+        number(&first, "events_in_log") + number(&second, "events_committed"),
+        "{second}"
+    );
+    assert_eq!(number(&second, "projection_lag"), 0);
+}

@@ -25,6 +25,8 @@ pub(crate) struct Inputs<'a> {
     pub(crate) views: &'a ReadModels,
     pub(crate) events_in_log: u64,
     pub(crate) projection_lag: u64,
+    /// On Kafka: the partitions this process owned at the end, and the partition count.
+    pub(crate) owned_partitions: Option<(Vec<u32>, u32)>,
 }
 
 /// The report; its JSON form is the `--json` output.
@@ -45,6 +47,12 @@ pub(crate) struct Report {
     rejected: u64,
     /// Commands that failed for another reason (overload, timeout, storage).
     failed: u64,
+    /// Commands answered `NotOwner`: their item's partition had just moved to another
+    /// process (Kafka only; such a command is not a failure).
+    not_owner: u64,
+    /// On Kafka: the partitions the consumer group assigned this process (at the end of the
+    /// run); `null` on the embedded log, where one process serves every partition.
+    partitions: Option<Partitions>,
     /// Events appended by this run.
     events_committed: u64,
     commands_per_sec: f64,
@@ -60,6 +68,14 @@ pub(crate) struct Report {
     by_store: Vec<StoreRow>,
     low_stock: Vec<AlertRow>,
     top_sellers: Vec<SellerRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct Partitions {
+    /// Owned by this process, ascending.
+    owned: Vec<u32>,
+    /// The partition count of the log.
+    of: u32,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -98,6 +114,7 @@ impl Report {
             views,
             events_in_log,
             projection_lag,
+            owned_partitions,
         } = inputs;
         let mut by_store: BTreeMap<String, StoreRow> = BTreeMap::new();
         let levels = views.stock().all().context("reading the stock view")?;
@@ -152,6 +169,8 @@ impl Report {
             committed: counters.committed.load(Ordering::Relaxed),
             rejected: counters.rejected.load(Ordering::Relaxed),
             failed: counters.failed.load(Ordering::Relaxed),
+            not_owner: counters.not_owner.load(Ordering::Relaxed),
+            partitions: owned_partitions.map(|(owned, of)| Partitions { owned, of }),
             events_committed: counters.events.load(Ordering::Relaxed),
             commands_per_sec: round2(if seconds > 0.0 {
                 commands as f64 / seconds
@@ -205,7 +224,7 @@ impl Report {
                 .collect();
             format!("  ({})", reasons.join(", "))
         };
-        let lines = [
+        let mut lines = vec![
             (
                 "commands",
                 count(self.commands),
@@ -241,6 +260,25 @@ impl Report {
                 },
             ),
         ];
+        if let Some(partitions) = &self.partitions {
+            let owned: Vec<String> = partitions.owned.iter().map(u32::to_string).collect();
+            lines.insert(
+                0,
+                (
+                    "partitions",
+                    format!("{}/{}", partitions.owned.len(), partitions.of),
+                    format!("  (assigned by the consumer group: {})", owned.join(" ")),
+                ),
+            );
+            lines.insert(
+                5,
+                (
+                    "not owner",
+                    count(self.not_owner),
+                    "  (their partition had just moved to another process)".into(),
+                ),
+            );
+        }
         for (label, value, note) in lines {
             outln!(out, "  {label:<15}{value:>12}{note}");
         }

@@ -5,6 +5,11 @@
 //! receives shipments (and restocks items the low-stock view lists), adjusts stock after a
 //! "stocktake" and sets reorder points. Everything it learns about stock comes from command
 //! outcomes and the views, as a real till's would.
+//!
+//! On Kafka several demo processes can share the chain: each serves the partitions its
+//! consumer group assigns it, and its tills drive only the items of those partitions (the
+//! other processes drive the rest). A command that races a partition moving away is answered
+//! `NotOwner`; such commands are counted apart from failures.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use inventory::{LowStockAlert, ReadModels, StockCommand, StockError, StockItem, StockItemId};
-use keel::{AggregateHandle, CommandError, Runtime};
+use keel::{Aggregate, AggregateHandle, CommandError, Runtime};
 use keel_projections::ViewHandle;
 use tokio::time::Instant;
 
@@ -33,6 +38,9 @@ pub(crate) struct Counters {
     pub(crate) events: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Commands answered `NotOwner`: their item's partition had just moved to another
+    /// process (Kafka only).
+    pub(crate) not_owner: AtomicU64,
     /// Rejections by reason. A std `Mutex` is enough: it is taken only on a rejection, never
     /// across an `.await`.
     rejections: Mutex<BTreeMap<&'static str, u64>>,
@@ -81,12 +89,8 @@ impl Counters {
 pub(crate) async fn simulate(options: SimulateOptions) -> anyhow::Result<()> {
     let seed = options.seed.unwrap_or_else(clock_seed);
     let opened = backend::open(&options.storage).await?;
-    let log = opened.log;
-    let runtime = Runtime::builder()
-        .backend(log.clone())
-        .start()
-        .await
-        .with_context(|| format!("starting the runtime on {}", log.describe()))?;
+    let log = opened.log.clone();
+    let (runtime, membership) = opened.start_runtime().await?;
     let views = ReadModels::start(log.clone(), &opened.views_dir)
         .await
         .with_context(|| format!("starting the views in {}", opened.views_dir.display()))?;
@@ -108,6 +112,7 @@ pub(crate) async fn simulate(options: SimulateOptions) -> anyhow::Result<()> {
     let stock = runtime.aggregate::<StockItem>();
     // Distinguishes this run's shipment ids from every other run's.
     let run_tag = format!("{:x}", clock_seed() & 0xffff_ffff);
+    let partition_count = log.partition_count();
     let mut tills = tokio::task::JoinSet::new();
     for store in 0..options.stores {
         let store_name = format!("store-{:02}", store + 1);
@@ -115,10 +120,21 @@ pub(crate) async fn simulate(options: SimulateOptions) -> anyhow::Result<()> {
             .map(|sku| StockItemId::new(store_name.clone(), format!("sku-{:04}", sku + 1)))
             .collect::<Result<_, _>>()
             .context("building the simulated item ids")?;
+        let partitions: Arc<[u32]> = items
+            .iter()
+            .map(|id| {
+                keel::partition_for(
+                    &keel::aggregate_key(StockItem::TYPE, &id.to_string()),
+                    partition_count,
+                )
+            })
+            .collect();
         for number in 0..options.concurrency {
             let till = Till {
                 name: format!("{run_tag}-{store_name}-{number}"),
                 items: items.clone(),
+                partitions: partitions.clone(),
+                ownership: membership.shared.then(|| runtime.clone()),
                 rng: fastrand::Rng::with_seed(
                     seed ^ (u64::from(store) << 32 | u64::from(number)).wrapping_mul(0x9e37_79b9),
                 ),
@@ -153,7 +169,14 @@ pub(crate) async fn simulate(options: SimulateOptions) -> anyhow::Result<()> {
         // count is final here.
         events_in_log: events_in_log(log.as_ref()).await?,
         projection_lag: views.lag().await.context("measuring the views' lag")?,
+        owned_partitions: membership
+            .shared
+            .then(|| (runtime.owned_partitions(), partition_count)),
     })?;
+
+    // On Kafka, hand this process's partitions back to the group first (snapshots written,
+    // checkpoints committed), so other demo processes take them over at once.
+    membership.leave().await;
 
     // Graceful shutdown before reporting: the persisted view commits its last batch, live
     // aggregates snapshot, and the log flushes and closes.
@@ -178,6 +201,11 @@ pub(crate) async fn simulate(options: SimulateOptions) -> anyhow::Result<()> {
 struct Till {
     name: String,
     items: Arc<[StockItemId]>,
+    /// The partition of each item.
+    partitions: Arc<[u32]>,
+    /// When partitions are shared with other processes: the runtime, asked which partitions
+    /// this process owns right now.
+    ownership: Option<Runtime>,
     rng: fastrand::Rng,
     stock: AggregateHandle<StockItem>,
     low_stock: ViewHandle<StockItemId, LowStockAlert>,
@@ -191,7 +219,12 @@ const REASONS: [&str; 4] = ["stocktake", "damaged", "customer return", "shrinkag
 impl Till {
     async fn run(mut self, deadline: Instant, stop: Arc<AtomicBool>) {
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-            let (index, command) = self.next_command();
+            let Some(index) = self.pick_item() else {
+                // This process owns no partition at the moment (a rebalance): wait for one.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let (index, command) = self.next_command(index);
             let id = self.items[index].to_string();
             self.counters.commands.fetch_add(1, Ordering::Relaxed);
             match self.stock.send(&id, command).await {
@@ -203,6 +236,9 @@ impl Till {
                 }
                 Err(CommandError::Rejected(e)) => self.counters.reject(&e),
                 Err(CommandError::ShuttingDown) => break,
+                Err(CommandError::NotOwner { .. }) => {
+                    self.counters.not_owner.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) => {
                     self.counters.fail(&e);
                     // Overloaded or a transient failure: back off before the next command.
@@ -212,9 +248,31 @@ impl Till {
         }
     }
 
-    /// Which item, and what to do with it.
-    fn next_command(&mut self) -> (usize, StockCommand) {
-        let index = self.rng.usize(..self.items.len());
+    /// A random item this process serves; `None` when it serves none right now.
+    fn pick_item(&mut self) -> Option<usize> {
+        let Some(runtime) = &self.ownership else {
+            return Some(self.rng.usize(..self.items.len()));
+        };
+        let owned = runtime.owned_partitions();
+        if owned.is_empty() {
+            return None;
+        }
+        // Random draws first (cheap while this process owns a good share); a scan when they
+        // keep missing, so a process owning one partition of many still finds its items.
+        for _ in 0..16 {
+            let index = self.rng.usize(..self.items.len());
+            if owned.binary_search(&self.partitions[index]).is_ok() {
+                return Some(index);
+            }
+        }
+        let mine: Vec<usize> = (0..self.items.len())
+            .filter(|&i| owned.binary_search(&self.partitions[i]).is_ok())
+            .collect();
+        (!mine.is_empty()).then(|| mine[self.rng.usize(..mine.len())])
+    }
+
+    /// What to do with item `index` (or with another item the till remembers).
+    fn next_command(&mut self, index: usize) -> (usize, StockCommand) {
         // A till that sees an item on the low-stock list often orders a restock.
         if let Ok(Some(alert)) = self.low_stock.get(&self.items[index])
             && self.rng.bool()
