@@ -90,20 +90,60 @@ impl EventEnvelope {
     }
 }
 
-/// Encodes a typed event: its payload, its type name and its current version.
-pub(crate) fn encode_event<A: Aggregate>(
+/// An [`EventEnvelope`] that borrows its fields, so the command path encodes a new event without
+/// copying the aggregate's type, id and command id or the payload. It encodes to the same bytes
+/// as the owned envelope with the same fields.
+#[derive(Serialize)]
+pub(crate) struct EventEnvelopeRef<'a> {
+    pub(crate) aggregate_type: &'a str,
+    pub(crate) aggregate_id: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) event_type: &'a str,
+    pub(crate) event_version: u32,
+    pub(crate) command_id: Option<&'a str>,
+    pub(crate) timestamp_ms: i64,
+    #[serde(with = "serde_bytes")]
+    pub(crate) payload: &'a [u8],
+}
+
+impl EventEnvelopeRef<'_> {
+    /// Encodes the envelope for the log, into a buffer of the right size.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        // Field names and markers; integers take at most 9 bytes each.
+        const FIXED: usize = 160;
+        let mut out = Vec::with_capacity(
+            FIXED
+                + self.aggregate_type.len()
+                + self.aggregate_id.len()
+                + self.event_type.len()
+                + self.command_id.map_or(0, str::len)
+                + self.payload.len(),
+        );
+        // Serializing strings, integers and bytes into a Vec cannot fail.
+        let _ = rmp_serde::encode::write_named(&mut out, self);
+        out
+    }
+}
+
+/// Encodes a typed event into `buffer` (replacing what it held); returns the event type
+/// (borrowed from the payload), the version new events of that type are written with, and the
+/// payload.
+pub(crate) fn encode_event<'p, A: Aggregate>(
     event: &A::Event,
     upcasters: &Upcasters,
-) -> Result<(String, u32, Vec<u8>), String> {
-    let payload = rmp_serde::to_vec_named(event).map_err(|e| e.to_string())?;
-    let event_type = event_type_of(&payload)?;
-    let version = upcasters.current_version(&event_type);
+    buffer: &'p mut Vec<u8>,
+) -> Result<(&'p str, u32, &'p [u8]), String> {
+    buffer.clear();
+    rmp_serde::encode::write_named(buffer, event).map_err(|e| e.to_string())?;
+    let payload: &'p [u8] = buffer;
+    let event_type = event_type_of(payload)?;
+    let version = upcasters.current_version(event_type);
     Ok((event_type, version, payload))
 }
 
 /// The variant name of an externally tagged enum encoded as msgpack: a map with one key for
 /// variants with data, a bare string for unit variants.
-fn event_type_of(payload: &[u8]) -> Result<String, String> {
+fn event_type_of(payload: &[u8]) -> Result<&str, String> {
     let mut rd = payload;
     let marker = rmp::decode::read_marker(&mut rd).map_err(|e| format!("{e:?}"))?;
     use rmp::Marker;
@@ -120,12 +160,12 @@ fn event_type_of(payload: &[u8]) -> Result<String, String> {
     }
 }
 
-fn read_str(rd: &mut &[u8]) -> Result<String, String> {
+fn read_str<'a>(rd: &mut &'a [u8]) -> Result<&'a str, String> {
     let len = rmp::decode::read_str_len(rd).map_err(|e| e.to_string())? as usize;
     let bytes = rd
         .get(..len)
         .ok_or_else(|| "truncated event type".to_string())?;
-    String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())
+    std::str::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
 /// One stored snapshot (key = aggregate key in the snapshots topic).
@@ -260,17 +300,46 @@ mod tests {
     #[test]
     fn event_type_is_the_variant_name() {
         let up = Upcasters::new();
+        let mut payload = Vec::new();
         let (ty, v, _) = encode_event::<Agg>(
             &Ev::Renamed {
                 name: "a".into(),
                 reason: "b".into(),
             },
             &up,
+            &mut payload,
         )
         .unwrap();
-        assert_eq!((ty.as_str(), v), ("Renamed", 1));
-        let (ty, _, _) = encode_event::<Agg>(&Ev::Cleared, &up).unwrap();
+        assert_eq!((ty, v), ("Renamed", 1));
+        let (ty, _, _) = encode_event::<Agg>(&Ev::Cleared, &up, &mut payload).unwrap();
         assert_eq!(ty, "Cleared");
+    }
+
+    #[test]
+    fn a_borrowed_envelope_encodes_to_the_owned_envelopes_bytes() {
+        for (command_id, payload) in [
+            (None, vec![0xc0]),
+            (Some("cmd-1"), vec![7; 300]),
+            (Some(""), vec![1; 70_000]),
+        ] {
+            let owned = EventEnvelope {
+                command_id: command_id.map(str::to_owned),
+                seq: u64::MAX,
+                timestamp_ms: -5,
+                ..envelope("Renamed", 3, payload.clone())
+            };
+            let borrowed = EventEnvelopeRef {
+                aggregate_type: &owned.aggregate_type,
+                aggregate_id: &owned.aggregate_id,
+                seq: owned.seq,
+                event_type: &owned.event_type,
+                event_version: owned.event_version,
+                command_id,
+                timestamp_ms: owned.timestamp_ms,
+                payload: &payload,
+            };
+            assert_eq!(borrowed.encode(), owned.encode());
+        }
     }
 
     #[test]

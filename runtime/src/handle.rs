@@ -6,15 +6,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ractor::{Actor, MessagingErr};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::aggregate::Aggregate;
 use crate::envelope::Upcasters;
 use crate::error::CommandError;
 use crate::instance::{AggregateActor, AggregateArgs, AggregateMsg, Committed, QueryFn, Reply};
 use crate::log::{aggregate_key, partition_for};
-use crate::metrics as m;
-use crate::runtime::Shared;
+use crate::metrics::{self as m, CommandMetrics};
+use crate::runtime::{InFlightPermit, Shared};
 use crate::shard::{ActivateError, AggregateType, LiveEntry, ShardMsg, Spawner};
 
 /// Options of one command.
@@ -47,6 +48,7 @@ impl SendOptions {
 pub struct AggregateHandle<A: Aggregate> {
     shared: Arc<Shared>,
     upcasters: Arc<Upcasters>,
+    metrics: Arc<CommandMetrics>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -55,6 +57,7 @@ impl<A: Aggregate> Clone for AggregateHandle<A> {
         AggregateHandle {
             shared: self.shared.clone(),
             upcasters: self.upcasters.clone(),
+            metrics: self.metrics.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -72,7 +75,7 @@ enum Request<A: Aggregate> {
 }
 
 impl<A: Aggregate> Request<A> {
-    fn into_message(self, permit: OwnedSemaphorePermit) -> AggregateMsg<A> {
+    fn into_message(self, permit: InFlightPermit) -> AggregateMsg<A> {
         match self {
             Request::Command {
                 command,
@@ -91,7 +94,7 @@ impl<A: Aggregate> Request<A> {
         }
     }
 
-    fn from_message(message: AggregateMsg<A>) -> (Self, OwnedSemaphorePermit) {
+    fn from_message(message: AggregateMsg<A>) -> (Self, InFlightPermit) {
         match message {
             AggregateMsg::Command {
                 command,
@@ -119,6 +122,13 @@ fn stopped<E: std::error::Error>(key: &str) -> CommandError<E> {
     }
 }
 
+/// `timeout` after `start`, or a date too far to matter when that does not fit in an `Instant`.
+fn deadline(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// Re-routes of one command before each further one waits a millisecond.
 const MAX_ROUTES: usize = 8;
 
@@ -127,6 +137,7 @@ impl<A: Aggregate> AggregateHandle<A> {
         AggregateHandle {
             shared,
             upcasters: Arc::new(A::upcasters()),
+            metrics: Arc::new(CommandMetrics::new(A::TYPE)),
             _aggregate: PhantomData,
         }
     }
@@ -148,23 +159,20 @@ impl<A: Aggregate> AggregateHandle<A> {
         command: A::Command,
         options: SendOptions,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let timeout = options
             .timeout
             .unwrap_or(self.shared.config.command_timeout);
         let key = aggregate_key(A::TYPE, id);
-        let result =
-            match tokio::time::timeout(timeout, self.route(&key, id, command, options.command_id))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(CommandError::Timeout(
-                    timeout,
-                    format!("a reply from {key}"),
-                )),
-            };
-        metrics::histogram!(m::COMMAND_LATENCY, "aggregate" => A::TYPE)
-            .record(started.elapsed().as_secs_f64());
+        let routed = self.route(&key, id, command, options.command_id, started);
+        let result = match tokio::time::timeout_at(deadline(started, timeout), routed).await {
+            Ok(result) => result,
+            Err(_) => Err(CommandError::Timeout(
+                timeout,
+                format!("a reply from {key}"),
+            )),
+        };
+        self.metrics.latency(started.elapsed().as_secs_f64());
         result
     }
 
@@ -182,7 +190,7 @@ impl<A: Aggregate> AggregateHandle<A> {
         }));
         let timeout = self.shared.config.command_timeout;
         let routed = tokio::time::timeout(timeout, async {
-            self.deliver(&key, id, request).await?;
+            self.deliver(&key, id, request, Instant::now()).await?;
             answer.await.unwrap_or_else(|_| Err(stopped(&key)))
         });
         routed.await.unwrap_or_else(|_| {
@@ -199,6 +207,7 @@ impl<A: Aggregate> AggregateHandle<A> {
         id: &str,
         command: A::Command,
         command_id: Option<String>,
+        now: Instant,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let (reply, answer) = oneshot::channel();
         self.deliver(
@@ -209,34 +218,33 @@ impl<A: Aggregate> AggregateHandle<A> {
                 command_id,
                 reply,
             },
+            now,
         )
         .await?;
         answer.await.unwrap_or_else(|_| Err(stopped(key)))
     }
 
     /// Puts `request` in the mailbox of the live actor of `key`, activating it when needed
-    /// and re-routing when the actor turns out to be draining.
+    /// and re-routing when the actor turns out to be draining. `now` is when it was sent (the
+    /// actor's last use, for passivation).
     async fn deliver(
         &self,
         key: &str,
         id: &str,
         mut request: Request<A>,
+        now: Instant,
     ) -> Result<(), CommandError<A::Error>> {
         if self.shared.shutting_down.load(Ordering::Relaxed) {
             return Err(CommandError::ShuttingDown);
         }
-        let mut permit = self
-            .shared
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                metrics::counter!(m::OVERLOADED, "limit" => "in_flight").increment(1);
-                CommandError::Overloaded(format!(
-                    "{} commands in flight (max_in_flight)",
-                    self.shared.config.max_in_flight
-                ))
-            })?;
+        let mut permit = self.shared.admit().ok_or_else(|| {
+            metrics::counter!(m::OVERLOADED, "limit" => "in_flight").increment(1);
+            CommandError::Overloaded(format!(
+                "{} commands in flight (max_in_flight)",
+                self.shared.config.max_in_flight
+            ))
+        })?;
+        let now_ms = self.shared.ms_at(now);
         for attempt in 0.. {
             if attempt >= MAX_ROUTES {
                 // The aggregate keeps being passivated under us (a live-actor cap far below
@@ -255,9 +263,7 @@ impl<A: Aggregate> AggregateHandle<A> {
                     "{capacity} commands already queued for {key} (mailbox_capacity)"
                 )));
             }
-            entry
-                .last_used
-                .store(self.shared.now_ms(), Ordering::Relaxed);
+            entry.last_used.store(now_ms, Ordering::Relaxed);
             match entry.cell.send_message(request.into_message(permit)) {
                 Ok(()) => return Ok(()),
                 Err(MessagingErr::SendErr(message)) => {
@@ -280,7 +286,13 @@ impl<A: Aggregate> AggregateHandle<A> {
 
     /// Spawns the actor of `key`, linked to the shard that runs it.
     fn spawner(&self, key: String, id: String) -> Spawner {
-        spawner::<A>(self.shared.clone(), self.upcasters.clone(), key, id)
+        spawner::<A>(
+            self.shared.clone(),
+            self.upcasters.clone(),
+            self.metrics.clone(),
+            key,
+            id,
+        )
     }
 
     /// The type-erased spawner and compaction hook shards use to settle this type's keys.
@@ -288,9 +300,10 @@ impl<A: Aggregate> AggregateHandle<A> {
     /// makes no reference cycle.
     pub(crate) fn aggregate_type(&self) -> AggregateType {
         let upcasters = self.upcasters.clone();
+        let metrics = self.metrics.clone();
         AggregateType {
             spawner: Box::new(move |shared, key, id| {
-                spawner::<A>(shared, upcasters.clone(), key, id)
+                spawner::<A>(shared, upcasters.clone(), metrics.clone(), key, id)
             }),
             compact: Box::new(|cell| cell.send_message(AggregateMsg::<A>::Compact).is_ok()),
         }
@@ -347,6 +360,7 @@ impl<A: Aggregate> AggregateHandle<A> {
 fn spawner<A: Aggregate>(
     shared: Arc<Shared>,
     upcasters: Arc<Upcasters>,
+    metrics: Arc<CommandMetrics>,
     key: String,
     id: String,
 ) -> Spawner {
@@ -359,6 +373,7 @@ fn spawner<A: Aggregate>(
                 partition: part,
                 queued,
                 upcasters,
+                metrics,
             };
             let (actor, _) =
                 Actor::spawn_linked(None, AggregateActor::<A>::new(), args, supervisor).await?;

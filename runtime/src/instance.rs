@@ -11,16 +11,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::aggregate::Aggregate;
-use crate::envelope::{EventEnvelope, SnapshotEnvelope, Upcasters, encode_event};
+use crate::envelope::{EventEnvelope, EventEnvelopeRef, SnapshotEnvelope, Upcasters, encode_event};
 use crate::error::{CommandError, DecodeError, StorageError, at};
 use crate::log::{LogRecord, Offset, Position};
-use crate::metrics as m;
+use crate::metrics::{self as m, CommandMetrics, Outcome};
 use crate::partition::PartitionState;
-use crate::runtime::Shared;
+use crate::runtime::{InFlightPermit, Shared};
 
 /// The outcome of a committed command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +53,7 @@ pub(crate) enum AggregateMsg<A: Aggregate> {
         command_id: Option<String>,
         reply: Reply<A>,
         /// The runtime-wide in-flight permit, released when the command is answered.
-        _permit: OwnedSemaphorePermit,
+        _permit: InFlightPermit,
     },
     /// Loads, snapshots if anything is uncovered, and passivates: sent by the shard to
     /// aggregates that hold the partition's checkpoint back (after a crash).
@@ -61,7 +61,7 @@ pub(crate) enum AggregateMsg<A: Aggregate> {
     /// Runs a read-only function on the state, in line with the commands.
     Query {
         query: QueryFn<A>,
-        _permit: OwnedSemaphorePermit,
+        _permit: InFlightPermit,
     },
 }
 
@@ -80,6 +80,7 @@ pub(crate) struct AggregateArgs {
     pub(crate) partition: Arc<PartitionState>,
     pub(crate) queued: Arc<AtomicUsize>,
     pub(crate) upcasters: Arc<Upcasters>,
+    pub(crate) metrics: Arc<CommandMetrics>,
 }
 
 pub(crate) struct AggregateState<A: Aggregate> {
@@ -126,6 +127,8 @@ struct Live<A: Aggregate> {
     /// Events applied since the last snapshot written (or loaded).
     unsnapshotted: u64,
     recent: VecDeque<RecentCommand<A::Event>>,
+    /// Reused to encode event payloads, so a command does not allocate one per event.
+    scratch: Vec<u8>,
 }
 
 /// A remembered command outcome: the idempotency window, kept in snapshots.
@@ -210,14 +213,12 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 let result = execute(live, &state.args, command, command_id)
                     .instrument(span)
                     .await;
-                let outcome = match &result {
-                    Ok(c) if c.deduplicated => "deduplicated",
-                    Ok(_) => "committed",
-                    Err(CommandError::Rejected(_)) => "rejected",
-                    Err(_) => "failed",
-                };
-                metrics::counter!(m::COMMANDS, "aggregate" => A::TYPE, "outcome" => outcome)
-                    .increment(1);
+                state.args.metrics.command(match &result {
+                    Ok(c) if c.deduplicated => Outcome::Deduplicated,
+                    Ok(_) => Outcome::Committed,
+                    Err(CommandError::Rejected(_)) => Outcome::Rejected,
+                    Err(_) => Outcome::Failed,
+                });
                 let poisoned = matches!(
                     result,
                     Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
@@ -327,22 +328,24 @@ async fn execute<A: Aggregate>(
         .unwrap_or(0);
     let mut records = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
-        let (event_type, event_version, payload) = encode_event::<A>(event, &args.upcasters)
-            .map_err(|reason| CommandError::Corrupt {
-                aggregate: key.clone(),
-                source: DecodeError {
-                    what: "new event (encoding)".into(),
-                    location: key.clone(),
-                    reason,
-                },
+        let (event_type, event_version, payload) =
+            encode_event::<A>(event, &args.upcasters, &mut live.scratch).map_err(|reason| {
+                CommandError::Corrupt {
+                    aggregate: key.clone(),
+                    source: DecodeError {
+                        what: "new event (encoding)".into(),
+                        location: key.clone(),
+                        reason,
+                    },
+                }
             })?;
-        let envelope = EventEnvelope {
-            aggregate_type: A::TYPE.to_string(),
-            aggregate_id: args.id.clone(),
+        let envelope = EventEnvelopeRef {
+            aggregate_type: A::TYPE,
+            aggregate_id: &args.id,
             seq: live.seq + 1 + i as u64,
             event_type,
             event_version,
-            command_id: command_id.clone(),
+            command_id: command_id.as_deref(),
             timestamp_ms,
             payload,
         };
@@ -439,6 +442,7 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
             last_offset: None,
             unsnapshotted: 0,
             recent: VecDeque::new(),
+            scratch: Vec::new(),
         };
         let stored = shared
             .backend

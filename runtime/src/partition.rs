@@ -46,19 +46,23 @@ impl PartitionState {
 
     /// Records events of `key` at `offsets` (ascending), not yet covered by a snapshot.
     pub(crate) fn record(&self, key: &str, offsets: impl IntoIterator<Item = Offset>) {
+        let mut offsets = offsets.into_iter().peekable();
+        if offsets.peek().is_none() {
+            return;
+        }
         let mut index = self.lock();
-        let mut last = None;
-        let entry = index.uncovered.entry(key.to_string()).or_default();
-        for offset in offsets {
-            entry.push(offset);
-            last = Some(offset);
+        // Look the key up before inserting it: it is usually there already, and `entry` would
+        // allocate an owned key for every event.
+        let mut last = 0;
+        let offsets = offsets.inspect(|offset| last = *offset);
+        match index.uncovered.get_mut(key) {
+            Some(entry) => entry.extend(offsets),
+            None => {
+                let entry = offsets.collect();
+                index.uncovered.insert(key.to_owned(), entry);
+            }
         }
-        if entry.is_empty() {
-            index.uncovered.remove(key);
-        }
-        if let Some(last) = last {
-            index.end = index.end.max(last + 1);
-        }
+        index.end = index.end.max(last + 1);
     }
 
     /// A snapshot of `key` now covers every event up to and including `offset`.

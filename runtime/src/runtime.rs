@@ -47,7 +47,8 @@ pub(crate) struct Shared {
     pub(crate) registry: DashMap<String, Arc<LiveEntry>>,
     /// The shard of every partition this instance owns.
     pub(crate) shards: DashMap<u32, ActorRef<ShardMsg>>,
-    pub(crate) in_flight: Arc<Semaphore>,
+    /// Commands and queries admitted and not yet answered, capped by `max_in_flight`.
+    pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) activations: Semaphore,
     pub(crate) live: AtomicUsize,
     pub(crate) shutting_down: AtomicBool,
@@ -59,10 +60,37 @@ pub(crate) struct Shared {
     pub(crate) owner_of: DashMap<u32, String>,
 }
 
+/// A command or query admitted under `max_in_flight`; dropping it (once the request has been
+/// answered, or dropped unanswered) frees its place.
+///
+/// An atomic count rather than a semaphore: admission never waits (a full runtime answers
+/// `Overloaded`), and a semaphore's release takes a lock on every command.
+pub(crate) struct InFlightPermit(Arc<AtomicUsize>);
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Shared {
     /// Milliseconds since the runtime started (tokio time, so paused-time tests control it).
     pub(crate) fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.ms_at(tokio::time::Instant::now())
+    }
+
+    /// Milliseconds from the runtime's start to `instant`.
+    pub(crate) fn ms_at(&self, instant: tokio::time::Instant) -> u64 {
+        instant.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Admits one more request in flight, or `None` when `max_in_flight` are.
+    pub(crate) fn admit(&self) -> Option<InFlightPermit> {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.config.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlightPermit(self.in_flight.clone()))
     }
 
     /// Removes `key` from the registry if it still points at actor `id`.
@@ -370,7 +398,7 @@ impl RuntimeBuilder {
         let partitions = backend.partition_count();
         let shared = Arc::new(Shared {
             partitions,
-            in_flight: Arc::new(Semaphore::new(self.config.max_in_flight)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             activations: Semaphore::new(self.config.max_concurrent_activations),
             registry: DashMap::new(),
             shards: DashMap::new(),
