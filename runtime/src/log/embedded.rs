@@ -22,6 +22,11 @@
 //! segments its records land in. Values written before segments existed (one record each) read
 //! as one-record segments.
 //!
+//! Measured with `baseline/embedded_append/1024` of the commands bench (1024 tasks each
+//! appending one 180-byte record at a time, 8 partitions, 2 cores, a busy machine): about
+//! 110 K records/s with one fjall entry per record, about 370 K/s with segments. With 1 task
+//! the rate is one fsync per append either way (~3.5–4.5 K/s).
+//!
 //! # Why fjall
 //!
 //! Measured on the development machine (2 cores, ext4 on a virtual disk, ~200-byte values,
