@@ -569,5 +569,8 @@ async fn after_shutdown_the_runtime_releases_its_backend() {
     drop(accounts);
     drop(runtime);
     // Actor tasks finish a moment after the shutdown returns.
-    eventually("every reference to the backend dropped", || Arc::strong_count(&log) == 1).await;
+    eventually("every reference to the backend dropped", || {
+        Arc::strong_count(&log) == 1
+    })
+    .await;
 }

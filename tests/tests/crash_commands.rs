@@ -51,7 +51,10 @@ async fn read_all(log: &EmbeddedLog) -> Vec<(u32, u64, EventEnvelope)> {
                 .read(partition, from, 1000, std::time::Duration::ZERO)
                 .await
                 .expect("read");
-            assert!(!batch.is_empty(), "partition {partition} ends early at {from}");
+            assert!(
+                !batch.is_empty(),
+                "partition {partition} ends early at {from}"
+            );
             for r in &batch {
                 let env = EventEnvelope::decode(&r.value, &r.position).expect("decodable");
                 all.push((partition, r.position.offset, env));
@@ -78,7 +81,9 @@ async fn every_acknowledged_command_survives_sigkill_exactly_once() {
         if let Some(id) = &env.command_id {
             *by_command.entry(id.as_str()).or_default() += 1;
         }
-        seqs.entry(env.aggregate_id.clone()).or_default().push(env.seq);
+        seqs.entry(env.aggregate_id.clone())
+            .or_default()
+            .push(env.seq);
     }
     for (command_id, aggregate, seq) in &acks {
         assert_eq!(
@@ -89,17 +94,27 @@ async fn every_acknowledged_command_survives_sigkill_exactly_once() {
     }
     for (aggregate, seqs) in &seqs {
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-        assert_eq!(seqs, &expected, "{aggregate}: sequence numbers dense and in order");
+        assert_eq!(
+            seqs, &expected,
+            "{aggregate}: sequence numbers dense and in order"
+        );
     }
 
     // A runtime on the crashed store serves every aggregate's full history.
-    let runtime = Runtime::builder().backend(log.clone()).start().await.expect("restart");
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .start()
+        .await
+        .expect("restart");
     let tallies = runtime.aggregate::<Tally>();
     for (aggregate, seqs) in &seqs {
         let total = tallies.query(aggregate, |t| t.total).await.expect("query");
         assert_eq!(total, seqs.len() as u64, "{aggregate}");
     }
-    let next = tallies.send("t0", 1).await.expect("a command after recovery");
+    let next = tallies
+        .send("t0", 1)
+        .await
+        .expect("a command after recovery");
     assert_eq!(next.seq, seqs["t0"].len() as u64 + 1);
     runtime.shutdown().await.expect("shutdown");
 }
