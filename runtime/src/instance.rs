@@ -356,14 +356,21 @@ async fn execute<A: Aggregate>(
     }
     let partition = args.partition.partition;
     let count = records.len() as u64;
+    // Whatever this append writes lands at or above the end known now.
+    let floor = args.partition.end();
     let first = args
         .shared
         .backend
         .append(partition, records)
         .await
-        .map_err(|source| CommandError::Storage {
-            aggregate: key.clone(),
-            source,
+        .map_err(|source| {
+            // A failed append may still have been written (a lost acknowledgement): the next
+            // activation looks for it, so a retry with the same command id finds it.
+            args.partition.mark_uncertain(key, floor);
+            CommandError::Storage {
+                aggregate: key.clone(),
+                source,
+            }
         })?;
     // Durable from here on: evolve the state.
     let applied = catch_unwind(AssertUnwindSafe(|| {
@@ -473,6 +480,9 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
         // Without any snapshot, every event of the key is at or above the partition's
         // checkpoint, so the recovery index has them all. An unusable snapshot may cover
         // events below the checkpoint: only a scan of the partition finds those.
+        if let Some(floor) = args.partition.uncertain_floor(key) {
+            find_failed_appends(args, floor).await?;
+        }
         let replayed = if unusable_snapshot {
             replay_full(&mut live, args).await?
         } else {
@@ -569,6 +579,39 @@ async fn replay_offsets<A: Aggregate>(
         i += run;
     }
     Ok(replayed)
+}
+
+/// Scans the partition from `floor` for records of this aggregate that a failed append wrote
+/// after all, and adds them to the recovery index.
+async fn find_failed_appends(args: &AggregateArgs, floor: Offset) -> Result<(), ActivationFailure> {
+    let partition = args.partition.partition;
+    let backend = &args.shared.backend;
+    let end = backend
+        .end_offset(partition)
+        .await
+        .map_err(ActivationFailure::Storage)?;
+    let mut from = floor;
+    let mut found = Vec::new();
+    while from < end {
+        let records = backend
+            .read(partition, from, 4096, std::time::Duration::ZERO)
+            .await
+            .map_err(ActivationFailure::Storage)?;
+        let Some(last) = records.last() else { break };
+        from = last.position.offset + 1;
+        found.extend(
+            records
+                .iter()
+                .filter(|r| r.key == args.key)
+                .map(|r| r.position.offset),
+        );
+    }
+    if !found.is_empty() {
+        warn!(aggregate = %args.key, ?found, "records of a failed append are in the log");
+    }
+    args.partition.record_found(&args.key, &found);
+    args.partition.resolve_uncertain(&args.key);
+    Ok(())
 }
 
 /// Replays every event of the aggregate from the start of its partition: the fallback when

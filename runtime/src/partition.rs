@@ -25,6 +25,10 @@ struct RecoveryIndex {
     uncovered: HashMap<String, Vec<Offset>>,
     /// The offset after the last event this instance knows of.
     end: Offset,
+    /// Keys whose last append failed without certainty that nothing landed (a timeout, a
+    /// broker restart): the failed records, if written, are at or above this offset. The
+    /// next activation of such a key scans from there before replaying.
+    uncertain: HashMap<String, Offset>,
 }
 
 impl PartitionState {
@@ -34,6 +38,7 @@ impl PartitionState {
             index: Mutex::new(RecoveryIndex {
                 uncovered: HashMap::new(),
                 end,
+                uncertain: HashMap::new(),
             }),
         }
     }
@@ -63,6 +68,45 @@ impl PartitionState {
             }
         }
         index.end = index.end.max(last + 1);
+    }
+
+    /// Records events of `key` found by scanning the log: merged with what the index already
+    /// has, without duplicates.
+    pub(crate) fn record_found(&self, key: &str, found: &[Offset]) {
+        if found.is_empty() {
+            return;
+        }
+        let mut index = self.lock();
+        let entry = index.uncovered.entry(key.to_owned()).or_default();
+        entry.extend_from_slice(found);
+        entry.sort_unstable();
+        entry.dedup();
+        let last = found.iter().copied().max().unwrap_or_default();
+        index.end = index.end.max(last + 1);
+    }
+
+    /// The offset after the last event this instance knows of: a lower bound for the offset
+    /// of anything appended from now on.
+    pub(crate) fn end(&self) -> Offset {
+        self.lock().end
+    }
+
+    /// An append of `key` failed, but its records may still have been written, at or above
+    /// `floor`. Until resolved, the checkpoint stays at or below `floor`.
+    pub(crate) fn mark_uncertain(&self, key: &str, floor: Offset) {
+        let mut index = self.lock();
+        let entry = index.uncertain.entry(key.to_owned()).or_insert(floor);
+        *entry = (*entry).min(floor);
+    }
+
+    /// Where to scan from for `key`'s records of failed appends, if it has any.
+    pub(crate) fn uncertain_floor(&self, key: &str) -> Option<Offset> {
+        self.lock().uncertain.get(key).copied()
+    }
+
+    /// The scan for `key`'s failed appends is done and recorded.
+    pub(crate) fn resolve_uncertain(&self, key: &str) {
+        self.lock().uncertain.remove(key);
     }
 
     /// A snapshot of `key` now covers every event up to and including `offset`.
@@ -99,6 +143,7 @@ impl PartitionState {
             .uncovered
             .values()
             .filter_map(|offsets| offsets.first().copied())
+            .chain(index.uncertain.values().copied())
             .min()
             .unwrap_or(index.end)
     }
@@ -147,5 +192,23 @@ mod tests {
         p.covered("A/2", 13);
         assert_eq!(p.checkpoint(), 14);
         assert_eq!(p.uncovered_events(), 0);
+    }
+
+    #[test]
+    fn an_uncertain_append_holds_the_checkpoint_until_resolved() {
+        let p = PartitionState::new(0, 0);
+        p.record("A/1", [0, 1]);
+        p.covered("A/1", 1);
+        p.mark_uncertain("A/2", 2);
+        p.record("A/3", [3]);
+        p.covered("A/3", 3);
+        assert_eq!(p.checkpoint(), 2);
+        p.record_found("A/2", &[2]);
+        p.record_found("A/2", &[2]);
+        p.resolve_uncertain("A/2");
+        assert_eq!(p.offsets_after("A/2", None), vec![2]);
+        assert_eq!(p.checkpoint(), 2);
+        p.covered("A/2", 2);
+        assert_eq!(p.checkpoint(), 4);
     }
 }

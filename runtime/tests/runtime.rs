@@ -574,3 +574,47 @@ async fn after_shutdown_the_runtime_releases_its_backend() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_retry_after_a_lost_acknowledgement_finds_the_written_events() {
+    let log = Arc::new(MemoryLog::new(2));
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .maintenance_interval(Duration::from_millis(5))
+        .start()
+        .await
+        .unwrap();
+    let accounts = runtime.aggregate::<Account>();
+    accounts.send("b", Cmd::Deposit(1)).await.unwrap();
+    accounts.send("a", Cmd::Deposit(3)).await.unwrap();
+    log.lose_next_acks(1);
+    let err = accounts
+        .send_with("a", Cmd::Deposit(5), SendOptions::with_id("pay-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Storage { .. }), "{err}");
+    // Other aggregates keep committing meanwhile.
+    accounts.send("b", Cmd::Deposit(1)).await.unwrap();
+    // The retry with the same id finds the events the failed append wrote after all.
+    let retry = accounts
+        .send_with("a", Cmd::Deposit(5), SendOptions::with_id("pay-1"))
+        .await
+        .unwrap();
+    assert!(retry.deduplicated, "{retry:?}");
+    assert_eq!(retry.seq, 2);
+    assert_eq!(accounts.query("a", |s| s.balance).await.unwrap(), 8);
+    let (state, seq) = replay_from_log(&log, "Account/a");
+    assert_eq!((state.balance, seq), (8, 2));
+    runtime.shutdown().await.unwrap();
+    // And a restart sees it too (the checkpoint never moved past it unresolved).
+    let runtime = start(log.clone()).await;
+    assert_eq!(
+        runtime
+            .aggregate::<Account>()
+            .query("a", |s| s.balance)
+            .await
+            .unwrap(),
+        8
+    );
+    runtime.shutdown().await.unwrap();
+}

@@ -556,7 +556,21 @@ impl KafkaLog {
         what: impl Fn() -> String,
     ) -> Result<Offset, StorageError> {
         match delivery.await {
-            Ok(Ok(delivery)) => Ok(delivery.offset as Offset),
+            Ok(Ok(delivery)) if delivery.offset >= 0 => Ok(delivery.offset as Offset),
+            // Stored, but the broker's answer carried no offset (seen after a broker
+            // restart): the record is in the log at an unknown place. Report a failure; the
+            // runtime then looks for the record before it serves the aggregate again.
+            Ok(Ok(delivery)) => Err(StorageError::io(
+                format!(
+                    "{} ({})",
+                    self.at("producing to", topic, partition, None),
+                    what()
+                ),
+                std::io::Error::other(format!(
+                    "acknowledged without an offset ({})",
+                    delivery.offset
+                )),
+            )),
             Ok(Err((e, _))) => {
                 self.replace_if_fatal(producer);
                 Err(self.kafka_error(

@@ -23,6 +23,7 @@ pub struct MemoryLog {
     snapshots: DashMap<String, Vec<u8>>,
     checkpoints: DashMap<(String, u32), Offset>,
     failing_appends: AtomicU32,
+    lost_acks: AtomicU32,
 }
 
 struct MemoryPartition {
@@ -45,12 +46,19 @@ impl MemoryLog {
             snapshots: DashMap::new(),
             checkpoints: DashMap::new(),
             failing_appends: AtomicU32::new(0),
+            lost_acks: AtomicU32::new(0),
         }
     }
 
     /// Makes the next `count` appends fail with a storage error (and append nothing).
     pub fn fail_next_appends(&self, count: u32) {
         self.failing_appends.store(count, Ordering::SeqCst);
+    }
+
+    /// Makes the next `count` appends write their records but answer with an error, like an
+    /// acknowledgement lost on the way back.
+    pub fn lose_next_acks(&self, count: u32) {
+        self.lost_acks.store(count, Ordering::SeqCst);
     }
 
     /// Every record of every partition, for assertions in tests.
@@ -122,6 +130,16 @@ impl EventLog for MemoryLog {
             let end = stored.len() as Offset;
             drop(stored);
             part.end.send_replace(end);
+            if self
+                .lost_acks
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StorageError::io(
+                    format!("memory log append to partition {partition}"),
+                    std::io::Error::other("injected lost acknowledgement"),
+                ));
+            }
             Ok(first)
         })
     }
