@@ -10,6 +10,8 @@
 //! | `log.rs` | the log model and storage seams: [`EventLog`], [`SnapshotStore`], [`CheckpointStore`] |
 //! | `log/memory.rs` | [`MemoryLog`]: for tests |
 //! | `log/embedded.rs` | [`EmbeddedLog`]: the durable default, group-committed |
+//! | `log/kafka.rs` (+ `log/kafka/`) | `KafkaLog`, `KafkaConfig` (feature `kafka`): topics, idempotent and transactional producers, readers |
+//! | `ownership.rs` | `KafkaOwnership` (feature `kafka`): partition ownership through the consumer group |
 //! | `runtime.rs` | [`Runtime`], [`RuntimeBuilder`]: start, ownership, shutdown |
 //! | `config.rs` | [`RuntimeConfig`], [`SnapshotPolicy`]: limits and timers with their defaults |
 //! | `handle.rs` | [`AggregateHandle`]: the typed command API |
