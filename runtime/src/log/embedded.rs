@@ -84,7 +84,8 @@ const STORE_DIR: &str = "store";
 const ACKED_ENDS_HEADER: &str = "keel acked-ends v1";
 const META_PARTITIONS: &[u8] = b"partitions";
 
-/// A durable, group-committed log in a local directory; see the [module docs](self).
+/// A durable, group-committed log in a local directory, on the fjall store: one writer thread
+/// batches every queued append into one atomic write and one fsync, and answers only after it.
 ///
 /// One process (and one `EmbeddedLog`) may have a directory open at a time. Dropping it stops
 /// the writer thread after the requests already queued are written, and waits for it.
@@ -196,7 +197,7 @@ impl EmbeddedLogBuilder {
     }
 
     /// The longest time between rewrites of the `acked-ends` file, which lets opening detect
-    /// lost acknowledged records (see the [module docs](self)). Each rewrite costs a small
+    /// lost acknowledged records. Each rewrite costs a small
     /// fsync on the writer thread. Default = [`Self::DEFAULT_ACKED_ENDS_INTERVAL`].
     pub fn acked_ends_interval(mut self, interval: Duration) -> Self {
         self.acked_ends_interval = interval;
