@@ -618,3 +618,34 @@ async fn a_retry_after_a_lost_acknowledgement_finds_the_written_events() {
     );
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_command_is_not_answered_before_its_append_is_durable() {
+    let log = Arc::new(GatedLog::new(1));
+    let gate = log.gate.clone();
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .start()
+        .await
+        .unwrap();
+    let accounts = runtime.aggregate::<Account>();
+    let mut send = tokio_test::task::spawn(accounts.send("a", Cmd::Deposit(1)));
+    // However long the append is held back, the caller has no answer and the log has nothing.
+    for _ in 0..20 {
+        tokio_test::assert_pending!(send.poll());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(log.inner.all_records().is_empty());
+    gate.add_permits(1);
+    let reply = loop {
+        match send.poll() {
+            std::task::Poll::Ready(reply) => break reply.unwrap(),
+            std::task::Poll::Pending => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    };
+    assert_eq!(reply.seq, 1);
+    assert_eq!(log.inner.all_records().len(), 1);
+    drop(send);
+    gate.add_permits(100);
+    runtime.shutdown().await.unwrap();
+}
