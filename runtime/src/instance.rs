@@ -315,6 +315,19 @@ async fn execute<A: Aggregate>(
         }
     };
     if events.is_empty() {
+        // Remembered too: a retry must get this outcome even if the state has moved on.
+        if let Some(id) = command_id {
+            remember(
+                &mut live.recent,
+                args.shared.config.dedup_window,
+                RecentCommand {
+                    command_id: id,
+                    seq: live.seq,
+                    position: None,
+                    events: Vec::new(),
+                },
+            );
+        }
         return Ok(Committed {
             events,
             seq: live.seq,
@@ -357,20 +370,19 @@ async fn execute<A: Aggregate>(
     let partition = args.partition.partition;
     let count = records.len() as u64;
     // Whatever this append writes lands at or above the end known now.
-    let floor = args.partition.end();
+    // Until the append is recorded, the key is "uncertain" from the end known now: the
+    // checkpoint cannot pass the records while they are in flight, and if the append fails
+    // (it may still have been written: a lost acknowledgement), the next activation scans for
+    // them, so a retry with the same command id finds them.
+    args.partition.begin_append(key);
     let first = args
         .shared
         .backend
         .append(partition, records)
         .await
-        .map_err(|source| {
-            // A failed append may still have been written (a lost acknowledgement): the next
-            // activation looks for it, so a retry with the same command id finds it.
-            args.partition.mark_uncertain(key, floor);
-            CommandError::Storage {
-                aggregate: key.clone(),
-                source,
-            }
+        .map_err(|source| CommandError::Storage {
+            aggregate: key.clone(),
+            source,
         })?;
     // Durable from here on: evolve the state.
     let applied = catch_unwind(AssertUnwindSafe(|| {
@@ -378,7 +390,7 @@ async fn execute<A: Aggregate>(
             live.state.apply(event);
         }
     }));
-    args.partition.record(key, first..first + count);
+    args.partition.commit_append(key, first..first + count);
     if let Err(panic) = applied {
         return Err(CommandError::Panicked {
             aggregate: key.clone(),

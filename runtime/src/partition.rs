@@ -31,6 +31,27 @@ struct RecoveryIndex {
     uncertain: HashMap<String, Offset>,
 }
 
+impl RecoveryIndex {
+    fn record(&mut self, key: &str, offsets: impl IntoIterator<Item = Offset>) {
+        let mut offsets = offsets.into_iter().peekable();
+        if offsets.peek().is_none() {
+            return;
+        }
+        // Look the key up before inserting it: it is usually there already, and `entry` would
+        // allocate an owned key for every event.
+        let mut last = 0;
+        let offsets = offsets.inspect(|offset| last = *offset);
+        match self.uncovered.get_mut(key) {
+            Some(entry) => entry.extend(offsets),
+            None => {
+                let entry = offsets.collect();
+                self.uncovered.insert(key.to_owned(), entry);
+            }
+        }
+        self.end = self.end.max(last + 1);
+    }
+}
+
 impl PartitionState {
     pub(crate) fn new(partition: u32, end: Offset) -> Self {
         PartitionState {
@@ -51,23 +72,7 @@ impl PartitionState {
 
     /// Records events of `key` at `offsets` (ascending), not yet covered by a snapshot.
     pub(crate) fn record(&self, key: &str, offsets: impl IntoIterator<Item = Offset>) {
-        let mut offsets = offsets.into_iter().peekable();
-        if offsets.peek().is_none() {
-            return;
-        }
-        let mut index = self.lock();
-        // Look the key up before inserting it: it is usually there already, and `entry` would
-        // allocate an owned key for every event.
-        let mut last = 0;
-        let offsets = offsets.inspect(|offset| last = *offset);
-        match index.uncovered.get_mut(key) {
-            Some(entry) => entry.extend(offsets),
-            None => {
-                let entry = offsets.collect();
-                index.uncovered.insert(key.to_owned(), entry);
-            }
-        }
-        index.end = index.end.max(last + 1);
+        self.lock().record(key, offsets);
     }
 
     /// Records events of `key` found by scanning the log: merged with what the index already
@@ -85,18 +90,23 @@ impl PartitionState {
         index.end = index.end.max(last + 1);
     }
 
-    /// The offset after the last event this instance knows of: a lower bound for the offset
-    /// of anything appended from now on.
-    pub(crate) fn end(&self) -> Offset {
-        self.lock().end
-    }
-
-    /// An append of `key` failed, but its records may still have been written, at or above
-    /// `floor`. Until resolved, the checkpoint stays at or below `floor`.
-    pub(crate) fn mark_uncertain(&self, key: &str, floor: Offset) {
+    /// An append of `key` starts: whatever it writes lands at or above the end known now.
+    /// Until [`commit_append`](Self::commit_append) the key is uncertain from there, so the
+    /// checkpoint cannot pass the records in flight; if the append fails, it stays uncertain
+    /// and the next activation scans for them.
+    pub(crate) fn begin_append(&self, key: &str) {
         let mut index = self.lock();
+        let floor = index.end;
         let entry = index.uncertain.entry(key.to_owned()).or_insert(floor);
         *entry = (*entry).min(floor);
+    }
+
+    /// The append of `key` begun last is durable at `offsets`: record them, in the same
+    /// critical section that clears the uncertainty.
+    pub(crate) fn commit_append(&self, key: &str, offsets: std::ops::Range<Offset>) {
+        let mut index = self.lock();
+        index.uncertain.remove(key);
+        index.record(key, offsets);
     }
 
     /// Where to scan from for `key`'s records of failed appends, if it has any.
@@ -152,12 +162,16 @@ impl PartitionState {
     /// first offset first).
     pub(crate) fn pinning_keys(&self, limit: usize) -> Vec<String> {
         let index = self.lock();
+        // Uncertain keys too: an aggregate whose append failed and that is never used again
+        // would otherwise hold the checkpoint back for good.
         let mut keys: Vec<(Offset, &String)> = index
             .uncovered
             .iter()
             .filter_map(|(key, offsets)| offsets.first().map(|o| (*o, key)))
+            .chain(index.uncertain.iter().map(|(key, floor)| (*floor, key)))
             .collect();
         keys.sort_unstable();
+        keys.dedup_by(|a, b| a.1 == b.1);
         keys.into_iter()
             .take(limit)
             .map(|(_, key)| key.clone())
@@ -199,7 +213,7 @@ mod tests {
         let p = PartitionState::new(0, 0);
         p.record("A/1", [0, 1]);
         p.covered("A/1", 1);
-        p.mark_uncertain("A/2", 2);
+        p.begin_append("A/2");
         p.record("A/3", [3]);
         p.covered("A/3", 3);
         assert_eq!(p.checkpoint(), 2);

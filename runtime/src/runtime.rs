@@ -265,16 +265,6 @@ impl Runtime {
     /// a runtime started afterwards recovers exactly as after a process crash.
     pub async fn abort(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        let actors: Vec<_> = self
-            .shared
-            .registry
-            .iter()
-            .map(|e| e.cell.clone())
-            .collect();
-        self.shared.registry.clear();
-        for cell in actors {
-            let _ = cell.kill_and_wait(None).await;
-        }
         let shards: Vec<_> = self
             .shared
             .shards
@@ -283,9 +273,15 @@ impl Runtime {
             .collect();
         self.shared.shards.clear();
         for shard in shards {
-            // Killing a supervisor takes its children with it (those draining included).
+            // The shard kills every actor it spawned, draining ones included (ractor does not
+            // take draining children down with their supervisor), then itself.
+            let (tx, rx) = oneshot::channel();
+            if shard.send_message(ShardMsg::Abort { reply: tx }).is_ok() {
+                let _ = rx.await;
+            }
             let _ = shard.kill_and_wait(None).await;
         }
+        self.shared.registry.clear();
     }
 
     /// Graceful shutdown: refuses new commands, lets every admitted command finish, snapshots

@@ -80,6 +80,10 @@ pub(crate) enum ShardMsg {
     Stop {
         reply: oneshot::Sender<()>,
     },
+    /// Kill every actor at once, draining ones included: no snapshots, no checkpoint.
+    Abort {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 pub(crate) struct Shard;
@@ -143,6 +147,12 @@ impl Actor for Shard {
                 reply,
             } => state.activate(&myself, key, spawner, reply).await,
             ShardMsg::Maintain => state.maintain(&myself).await,
+            ShardMsg::Abort { reply } => {
+                for entry in state.actors.values() {
+                    let _ = entry.cell.kill_and_wait(None).await;
+                }
+                let _ = reply.send(());
+            }
             ShardMsg::Stop { reply } => {
                 state.begin_stop(reply);
                 state.finish_stop_if_done(&myself).await;
