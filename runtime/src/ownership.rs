@@ -107,26 +107,53 @@ impl ConsumerContext for OwnershipContext {
                 warn!(error = %e, "cannot pause the membership consumer");
             }
             info!(?partitions, "partitions assigned; recovering them");
-            let result = self.tokio.block_on(async {
-                for &partition in &partitions {
-                    // Transactional mode: fences the previous owner before anything is read.
-                    self.log.acquire_partition(partition).await?;
-                    self.log.refresh_snapshots(partition).await?;
-                }
-                self.runtime.assign(&partitions).await
+            // Each partition on its own, with a few retries: one that cannot be prepared must
+            // not leave the others unserved.
+            let served: Vec<u32> = partitions
+                .iter()
+                .copied()
+                .filter(|&partition| {
+                    self.tokio.block_on(async {
+                        let mut attempt = 0u32;
+                        loop {
+                            match self.prepare(partition).await {
+                                Ok(()) => return true,
+                                Err(e) if attempt < 3 => {
+                                    attempt += 1;
+                                    warn!(partition, error = %e, attempt, "cannot prepare an assigned partition; retrying");
+                                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+                                }
+                                Err(e) => {
+                                    warn!(partition, error = %e, "cannot serve an assigned partition until the next rebalance");
+                                    return false;
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            if served.is_empty() {
+                return;
+            }
+            let published = self.tokio.block_on(async {
+                self.runtime.assign(&served).await?;
+                self.log
+                    .publish_owner(&served, &self.endpoint)
+                    .await
+                    .map_err(Error::from)
             });
-            match result {
-                Ok(()) => {
-                    let published = self
-                        .tokio
-                        .block_on(self.log.publish_owner(&partitions, &self.endpoint));
-                    if let Err(e) = published {
-                        warn!(error = %e, "cannot publish this instance as the partitions' owner");
-                    }
-                }
-                Err(e) => warn!(?partitions, error = %e, "cannot serve the assigned partitions"),
+            if let Err(e) = published {
+                warn!(partitions = ?served, error = %e, "cannot serve the assigned partitions, or cannot publish this instance as their owner");
             }
         }
+    }
+}
+
+impl OwnershipContext {
+    /// Fences the previous owner (transactional mode) and refreshes the snapshot cache.
+    async fn prepare(&self, partition: u32) -> Result<(), StorageError> {
+        self.log.acquire_partition(partition).await?;
+        self.log.refresh_snapshots(partition).await
     }
 }
 
