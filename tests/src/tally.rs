@@ -42,3 +42,32 @@ impl keel::Aggregate for Tally {
         self.total += amount;
     }
 }
+
+/// Sends `1` to tally `id` with `command_id` through whichever of `instances` owns it,
+/// following `NotOwner` answers and retrying retryable errors (with the same command id, so
+/// nothing is appended twice) while ownership moves; panics after 90 s or on any other error.
+pub async fn send_to_owner(
+    instances: &[&keel::Runtime],
+    id: &str,
+    command_id: &str,
+) -> keel::Committed<TallyEvent> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        for runtime in instances {
+            match runtime
+                .aggregate::<Tally>()
+                .send_with(id, 1, keel::SendOptions::with_id(command_id))
+                .await
+            {
+                Ok(done) => return done,
+                Err(e) if e.not_owner().is_some() || e.is_retryable() => continue,
+                Err(e) => panic!("command {command_id} to {id}: {e}"),
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no instance took {id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

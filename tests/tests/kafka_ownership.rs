@@ -11,10 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{
-    CommandError, EventEnvelope, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, Runtime,
-    SendOptions,
-};
+use keel::{CommandError, EventEnvelope, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
 
@@ -64,33 +61,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Sends through whichever instance owns the aggregate, following `NotOwner` answers.
-async fn send(
-    instances: &[&Runtime],
-    id: &str,
-    command_id: &str,
-) -> keel::Committed<keel_tests::tally::TallyEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        for runtime in instances {
-            match runtime
-                .aggregate::<Tally>()
-                .send_with(id, 1, SendOptions::with_id(command_id))
-                .await
-            {
-                Ok(done) => return done,
-                Err(CommandError::NotOwner { .. }) => continue,
-                Err(e) if e.is_retryable() => continue,
-                Err(e) => panic!("command {command_id} to {id}: {e}"),
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no instance took {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use keel_tests::tally::send_to_owner as send;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves() {

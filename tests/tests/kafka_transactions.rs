@@ -339,27 +339,10 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Sends through whichever instance owns the aggregate, retrying while ownership moves.
 async fn send(instances: &[&Runtime], id: &str, command_id: &str) -> u64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        for runtime in instances {
-            match runtime
-                .aggregate::<Tally>()
-                .send_with(id, 1, SendOptions::with_id(command_id))
-                .await
-            {
-                Ok(done) => return done.seq,
-                Err(e) if e.not_owner().is_some() || e.is_retryable() => continue,
-                Err(e) => panic!("command {command_id} to {id}: {e}"),
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no instance took {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    keel_tests::tally::send_to_owner(instances, id, command_id)
+        .await
+        .seq
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
