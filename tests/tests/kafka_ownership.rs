@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use keel::{CommandError, EventEnvelope, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
-use keel_tests::tally::Tally;
+use keel_tests::eventually;
+use keel_tests::tally::{Tally, send_to_owner as send};
 
 const PARTITIONS: u32 = 4;
 
@@ -49,19 +50,6 @@ async fn instance(bootstrap: &str, prefix: &str, app: &str, endpoint: &str) -> I
         log,
     }
 }
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-use keel_tests::tally::send_to_owner as send;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves() {

@@ -16,6 +16,7 @@ use keel::{
     LogRecord, Runtime, SendOptions, SnapshotStore, StorageError, StoredRecord,
 };
 use keel_tests::broker::{kafka_txn_bootstrap, unique_topic_prefix};
+use keel_tests::eventually;
 use keel_tests::tally::Tally;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -325,17 +326,6 @@ async fn instance(bootstrap: &str, prefix: &str, app: &str, endpoint: &str) -> I
         runtime,
         ownership,
         log,
-    }
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
