@@ -143,6 +143,18 @@ pub trait LogBackend: EventLog + SnapshotStore + CheckpointStore {
     }
 }
 
+/// The long poll of the in-process backends: waits up to `wait` until the published end of a
+/// partition passes `from` (returns at once when it already has, or when `wait` is zero).
+pub(crate) async fn wait_past(
+    mut end: tokio::sync::watch::Receiver<Offset>,
+    from: Offset,
+    wait: Duration,
+) {
+    if *end.borrow_and_update() <= from && !wait.is_zero() {
+        let _ = tokio::time::timeout(wait, end.wait_for(|end| *end > from)).await;
+    }
+}
+
 /// The partition of `key` among `partitions`: Kafka's default partitioner (murmur2 of the key
 /// bytes, sign bit cleared, modulo the count), so external Kafka producers agree with keel.
 pub fn partition_for(key: &str, partitions: u32) -> u32 {

@@ -358,10 +358,8 @@ impl EventLog for EmbeddedLog {
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
         Box::pin(async move {
-            let mut end = self.end(partition)?.subscribe();
-            if *end.borrow_and_update() <= from && !wait.is_zero() {
-                let _ = tokio::time::timeout(wait, end.wait_for(|end| *end > from)).await;
-            }
+            let end = self.end(partition)?.subscribe();
+            crate::log::wait_past(end.clone(), from, wait).await;
             // Only offsets below the published end are acknowledged; records the writer has
             // put in the store but not yet fsync'd are beyond it.
             let end = *end.borrow();

@@ -153,10 +153,7 @@ impl EventLog for MemoryLog {
     ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
         Box::pin(async move {
             let part = self.partition(partition)?;
-            let mut end = part.end.subscribe();
-            if *end.borrow_and_update() <= from && !wait.is_zero() {
-                let _ = tokio::time::timeout(wait, end.wait_for(|end| *end > from)).await;
-            }
+            crate::log::wait_past(part.end.subscribe(), from, wait).await;
             let stored = lock(&part.records);
             let start = (from as usize).min(stored.len());
             let stop = start.saturating_add(max).min(stored.len());
