@@ -210,8 +210,7 @@ async fn an_uncertain_key_is_settled_and_releases_the_checkpoint() {
         .backend(mem.clone())
         .snapshots(keel::SnapshotPolicy {
             every_events: 1,
-            on_passivation: true,
-            after_long_replay: true,
+            ..keel::SnapshotPolicy::default()
         })
         .maintenance_interval(Duration::from_millis(5))
         .start()

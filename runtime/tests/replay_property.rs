@@ -38,8 +38,7 @@ async fn start(log: Arc<MemoryLog>, every: u64, cap: usize) -> Runtime {
         .backend(log)
         .snapshots(SnapshotPolicy {
             every_events: every,
-            on_passivation: true,
-            after_long_replay: true,
+            ..SnapshotPolicy::default()
         })
         .max_live_actors(cap)
         .maintenance_interval(Duration::from_millis(1))

@@ -446,8 +446,7 @@ async fn recovery_after_a_crash_replays_only_what_snapshots_do_not_cover() {
         .backend(log.clone())
         .snapshots(SnapshotPolicy {
             every_events: 10,
-            on_passivation: true,
-            after_long_replay: true,
+            ..SnapshotPolicy::default()
         })
         .maintenance_interval(Duration::from_millis(5))
         .start()
@@ -518,8 +517,7 @@ async fn after_a_crash_idle_aggregates_are_settled_so_the_checkpoint_reaches_the
         .backend(log.clone())
         .snapshots(SnapshotPolicy {
             every_events: 1_000,
-            on_passivation: true,
-            after_long_replay: true,
+            ..SnapshotPolicy::default()
         })
         .start()
         .await
