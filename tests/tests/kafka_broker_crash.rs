@@ -15,7 +15,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +23,7 @@ use keel::{
     AggregateHandle, CommandError, EventEnvelope, EventLog, KafkaConfig, KafkaLog, Runtime,
     SendOptions, SnapshotPolicy,
 };
-use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
+use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
 use tokio::time::Instant;
 
@@ -39,70 +38,6 @@ const OUTAGE: Duration = Duration::from_secs(2);
 const ACKS_AFTER_RESTART: usize = 10;
 /// How long a command may keep failing before the test decides the runtime did not recover.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
-
-/// A broker of this test's own, started, killed and restarted through `scripts/broker` with
-/// a private state directory. Stopped (and its data deleted) when dropped.
-struct Broker {
-    dir: tempfile::TempDir,
-    bootstrap: String,
-}
-
-impl Broker {
-    fn script() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/broker")
-    }
-
-    async fn run(dir: &Path, command: &str) -> String {
-        let output = tokio::process::Command::new(Self::script())
-            .arg(command)
-            .env("KEEL_BROKER_DIR", dir)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("scripts/broker {command}: {e}"));
-        assert!(
-            output.status.success(),
-            "scripts/broker {command} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    async fn start() -> Broker {
-        let dir = tempfile::tempdir().expect("broker state dir");
-        let exports = Self::run(dir.path(), "start").await;
-        let bootstrap = exports
-            .lines()
-            .find_map(|line| line.strip_prefix("export KEEL_KAFKA_BOOTSTRAP="))
-            .unwrap_or_else(|| panic!("scripts/broker start printed no bootstrap: {exports}"))
-            .trim()
-            .to_string();
-        Broker { dir, bootstrap }
-    }
-
-    async fn kill(&self) {
-        Self::run(self.dir.path(), "kill").await;
-    }
-
-    async fn restart(&self) {
-        Self::run(self.dir.path(), "restart").await;
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // Its data is thrown away, so SIGKILL it rather than wait for a graceful stop
-        // (seconds); `stop` then removes its state.
-        for command in ["kill", "stop"] {
-            let _ = std::process::Command::new(Self::script())
-                .arg(command)
-                .env("KEEL_BROKER_DIR", self.dir.path())
-                .stdin(std::process::Stdio::null())
-                .output();
-        }
-    }
-}
 
 /// One acknowledged command.
 #[derive(Debug)]
@@ -234,10 +169,10 @@ async fn broker_sigkill_under_load_loses_and_doubles_nothing() {
         return;
     }
     let started = Instant::now();
-    let broker = Broker::start().await;
+    let broker = Cluster::start(ClusterSpec::default()).await;
     let prefix = unique_topic_prefix("broker-crash");
     let log = Arc::new(
-        KafkaConfig::new(&broker.bootstrap)
+        KafkaConfig::new(broker.bootstrap())
             .app_id(format!("{prefix}-app"))
             .topic_prefix(&prefix)
             .partitions(PARTITIONS)
@@ -286,11 +221,11 @@ async fn broker_sigkill_under_load_loses_and_doubles_nothing() {
         total() >= 20 * TASKS
     })
     .await;
-    broker.kill().await;
+    broker.kill(None).await;
     let before_kill = total();
     tokio::time::sleep(OUTAGE).await;
     let during_outage = total() - before_kill;
-    broker.restart().await;
+    broker.restart(None).await;
     let restarted = Instant::now();
 
     // The same runtime, never restarted, serves every task again.

@@ -2,8 +2,7 @@
 //! are read `read_committed`; a new owner of a partition fences the old one, whose appends then
 //! fail and never become visible.
 //!
-//! Runs against the transaction-capable broker named by `KEEL_KAFKA_TXN_BOOTSTRAP` (see
-//! `scripts/broker start --txn`).
+//! Runs against the broker named by `KEEL_KAFKA_BOOTSTRAP` (see `scripts/broker`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +14,7 @@ use keel::{
     CommandError, EventEnvelope, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, LogBackend,
     LogRecord, Runtime, SendOptions, SnapshotStore, StorageError, StoredRecord,
 };
-use keel_tests::broker::{kafka_txn_bootstrap, unique_topic_prefix};
+use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
 use keel_tests::tally::Tally;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -56,7 +55,7 @@ async fn read_all(log: &KafkaLog, partition: u32) -> Vec<StoredRecord> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_transactions_and_are_read_committed() {
-    let Some(bootstrap) = kafka_txn_bootstrap("kafka_transactions::concurrent_appends") else {
+    let Some(bootstrap) = kafka_bootstrap("kafka_transactions::concurrent_appends") else {
         return;
     };
     let prefix = unique_topic_prefix("txn-appends");
@@ -194,7 +193,7 @@ fn is_fenced(e: &CommandError<keel_tests::tally::ZeroAmount>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_fences_the_old_one() {
-    let Some(bootstrap) = kafka_txn_bootstrap("kafka_transactions::zombie_fencing") else {
+    let Some(bootstrap) = kafka_bootstrap("kafka_transactions::zombie_fencing") else {
         return;
     };
     let prefix = unique_topic_prefix("txn-fencing");
@@ -337,7 +336,7 @@ async fn send(instances: &[&Runtime], id: &str, command_id: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_transactional_instances_hand_partitions_over() {
-    let Some(bootstrap) = kafka_txn_bootstrap("kafka_transactions::two_instances") else {
+    let Some(bootstrap) = kafka_bootstrap("kafka_transactions::two_instances") else {
         return;
     };
     let prefix = unique_topic_prefix("txn-owners");
