@@ -52,6 +52,11 @@ pub struct RuntimeConfig {
     /// How often shards look for idle actors and commit their recovery checkpoint.
     /// Default = 1 s (and never more than half the idle timeout).
     pub maintenance_interval: Duration,
+    /// A partition's recovery checkpoint is committed again after this long even when it has
+    /// not moved, so a quiet partition's checkpoint never expires (Kafka drops a group's
+    /// committed offsets `offsets.retention.minutes` — 7 days by default — after their last
+    /// commit). Default = 1 h.
+    pub checkpoint_refresh: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -67,6 +72,7 @@ impl Default for RuntimeConfig {
             command_timeout: Duration::from_secs(30),
             dedup_window: 128,
             maintenance_interval: Duration::from_secs(1),
+            checkpoint_refresh: Duration::from_secs(3600),
         }
     }
 }
@@ -91,9 +97,12 @@ impl RuntimeConfig {
                 return Err(crate::Error::Config(format!("{name} must be at least 1")));
             }
         }
-        if self.idle_timeout.is_zero() || self.maintenance_interval.is_zero() {
+        if self.idle_timeout.is_zero()
+            || self.maintenance_interval.is_zero()
+            || self.checkpoint_refresh.is_zero()
+        {
             return Err(crate::Error::Config(
-                "idle_timeout and maintenance_interval must be positive".into(),
+                "idle_timeout, maintenance_interval and checkpoint_refresh must be positive".into(),
             ));
         }
         if self.app_id.is_empty() {

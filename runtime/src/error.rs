@@ -40,6 +40,18 @@ pub enum StorageError {
     /// The backend was closed.
     #[error("log backend is closed ({0})")]
     Closed(String),
+    /// A record is larger than the backend is configured to store; nothing was written.
+    #[error("{context}: {size} bytes exceed the limit of {limit} bytes ({setting})")]
+    TooLarge {
+        /// What was being written, and where.
+        context: String,
+        /// The record's size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+        /// The setting that sets the limit.
+        setting: &'static str,
+    },
 }
 
 impl StorageError {

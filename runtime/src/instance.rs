@@ -559,34 +559,41 @@ async fn replay_offsets<A: Aggregate>(
         while i + run < offsets.len() && offsets[i + run] == start + run as u64 && run < 1024 {
             run += 1;
         }
-        let records = args
-            .shared
-            .backend
-            .read(partition, start, run, std::time::Duration::ZERO)
-            .await
-            .map_err(ActivationFailure::Storage)?;
-        for record in records.iter().take(run) {
-            if record.key != args.key {
+        // A read may return fewer records than asked (what one fetch brought): read on from
+        // where it stopped; only a read that returns nothing means the offset is missing.
+        let mut next = start;
+        while next < start + run as u64 {
+            let want = (start + run as u64 - next) as usize;
+            let records = args
+                .shared
+                .backend
+                .read(partition, next, want, std::time::Duration::ZERO)
+                .await
+                .map_err(ActivationFailure::Storage)?;
+            if records.is_empty() {
                 return Err(ActivationFailure::Corrupt(DecodeError {
                     what: "event".into(),
-                    location: at(&args.key, record.position),
-                    reason: format!("the log has key {:?} at this offset", record.key),
+                    location: at(
+                        &args.key,
+                        Position {
+                            partition,
+                            offset: next,
+                        },
+                    ),
+                    reason: "the recovery index names an offset the log does not return".into(),
                 }));
             }
-            replayed += apply_record(live, args, &record.value, record.position)?;
-        }
-        if records.len() < run {
-            return Err(ActivationFailure::Corrupt(DecodeError {
-                what: "event".into(),
-                location: at(
-                    &args.key,
-                    Position {
-                        partition,
-                        offset: start + records.len() as u64,
-                    },
-                ),
-                reason: "the recovery index names an offset the log does not return".into(),
-            }));
+            for record in records.iter().take(want) {
+                if record.key != args.key {
+                    return Err(ActivationFailure::Corrupt(DecodeError {
+                        what: "event".into(),
+                        location: at(&args.key, record.position),
+                        reason: format!("the log has key {:?} at this offset", record.key),
+                    }));
+                }
+                replayed += apply_record(live, args, &record.value, record.position)?;
+                next = record.position.offset + 1;
+            }
         }
         i += run;
     }

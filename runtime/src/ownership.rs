@@ -74,8 +74,26 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<u32> {
 }
 
 impl ConsumerContext for OwnershipContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            Rebalance::Revoke(list) if consumer.assignment_lost() => {
+                // The session expired: the group has already given these partitions to other
+                // members, who may be writing them. Writing a snapshot or committing a
+                // checkpoint now could overwrite theirs, so stop at once, as a crash would.
+                let partitions = partitions_of(list);
+                warn!(
+                    ?partitions,
+                    "partitions lost (group session expired); stopping them without snapshots or commits"
+                );
+                self.tokio.block_on(async {
+                    self.runtime.lose(&partitions).await;
+                    for &partition in &partitions {
+                        if let Err(e) = self.log.release_partition(partition).await {
+                            warn!(partition, error = %e, "cannot release the partition's producer");
+                        }
+                    }
+                });
+            }
             Rebalance::Revoke(list) => {
                 let partitions = partitions_of(list);
                 info!(?partitions, "partitions revoked; handing them over");

@@ -265,14 +265,31 @@ impl Runtime {
     /// a runtime started afterwards recovers exactly as after a process crash.
     pub async fn abort(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        let shards: Vec<_> = self
-            .shared
-            .shards
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
-        self.shared.shards.clear();
-        for shard in shards {
+        let partitions = self.owned_partitions();
+        self.kill_shards(&partitions).await;
+        self.shared.registry.clear();
+    }
+
+    /// Stops serving `partitions` at once because they were *lost*: this instance's group
+    /// session expired, so another instance may own them already. Unlike a revoke nothing is
+    /// snapshotted and no checkpoint is committed (that would write to partitions this
+    /// instance no longer owns); commands in flight get errors. Nothing acknowledged is lost:
+    /// the next owner recovers from the log as after a crash.
+    pub(crate) async fn lose(&self, partitions: &[u32]) {
+        self.kill_shards(partitions).await;
+        let count = self.shared.partitions;
+        self.shared
+            .registry
+            .retain(|key, _| !partitions.contains(&crate::log::partition_for(key, count)));
+    }
+
+    /// Kills the shards of `partitions` and every actor they spawned, without snapshots or
+    /// checkpoint commits.
+    async fn kill_shards(&self, partitions: &[u32]) {
+        for partition in partitions {
+            let Some((_, shard)) = self.shared.shards.remove(partition) else {
+                continue;
+            };
             // The shard kills every actor it spawned, draining ones included (ractor does not
             // take draining children down with their supervisor), then itself.
             let (tx, rx) = oneshot::channel();
@@ -281,7 +298,6 @@ impl Runtime {
             }
             let _ = shard.kill_and_wait(None).await;
         }
-        self.shared.registry.clear();
     }
 
     /// Graceful shutdown: refuses new commands, lets every admitted command finish, snapshots
@@ -375,6 +391,12 @@ impl RuntimeBuilder {
     /// How often shards run maintenance. Default = 1 s.
     pub fn maintenance_interval(mut self, interval: Duration) -> Self {
         self.config.maintenance_interval = interval;
+        self
+    }
+
+    /// See [`RuntimeConfig::checkpoint_refresh`].
+    pub fn checkpoint_refresh(mut self, refresh: Duration) -> Self {
+        self.config.checkpoint_refresh = refresh;
         self
     }
 

@@ -102,6 +102,8 @@ pub(crate) struct ShardState {
     /// Activations waiting for a draining actor of the same key to stop.
     waiting: HashMap<String, Vec<(Spawner, ActivateReply)>>,
     committed_checkpoint: Offset,
+    /// When the checkpoint was last committed (or loaded); `None` before the first commit.
+    committed_at: Option<tokio::time::Instant>,
     stopping: Option<Vec<oneshot::Sender<()>>>,
 }
 
@@ -130,6 +132,7 @@ impl Actor for Shard {
             keys: HashMap::new(),
             waiting: HashMap::new(),
             committed_checkpoint: checkpoint,
+            committed_at: None,
             stopping: None,
         })
     }
@@ -295,7 +298,10 @@ impl ShardState {
 
     async fn commit_checkpoint(&mut self) {
         let checkpoint = self.part.checkpoint();
-        if checkpoint == self.committed_checkpoint {
+        let refresh = self.shared.config.checkpoint_refresh;
+        if checkpoint == self.committed_checkpoint
+            && self.committed_at.is_some_and(|at| at.elapsed() < refresh)
+        {
             return;
         }
         let group = Shard::recovery_group(&self.shared.config.app_id);
@@ -305,7 +311,10 @@ impl ShardState {
             .commit_checkpoint(group, self.part.partition, checkpoint)
             .await
         {
-            Ok(()) => self.committed_checkpoint = checkpoint,
+            Ok(()) => {
+                self.committed_checkpoint = checkpoint;
+                self.committed_at = Some(tokio::time::Instant::now());
+            }
             Err(e) => {
                 warn!(partition = self.part.partition, error = %e, "checkpoint commit failed")
             }
@@ -368,6 +377,9 @@ async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Off
             let records = backend
                 .read(partition, from, 4096, std::time::Duration::ZERO)
                 .await?;
+            // Backends return nothing from below the end only when no record is left there
+            // (the transactional Kafka log: commit markers and aborted records); one that
+            // cannot fetch records it knows of fails the read instead.
             let Some(last) = records.last() else { break };
             from = last.position.offset + 1;
             for record in &records {

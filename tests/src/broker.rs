@@ -80,13 +80,15 @@ pub fn unique_topic_prefix(test: &str) -> String {
 }
 
 /// What a [`Cluster`] of its own is started with.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterSpec {
     /// Nodes (each broker and controller); 0 means 1.
     pub nodes: u32,
     /// The client listener requires SASL/SCRAM-SHA-512 and ACLs are enforced (see
     /// `scripts/broker`).
     pub sasl: bool,
+    /// Broker properties set on every node (`KEY=VALUE`).
+    pub overrides: Vec<String>,
 }
 
 /// An Apache Kafka cluster of a test's own, started, killed and restarted through
@@ -133,6 +135,10 @@ impl Cluster {
         if spec.sasl {
             args.push("--sasl".to_owned());
         }
+        for kv in &spec.overrides {
+            args.push("--override".to_owned());
+            args.push(kv.clone());
+        }
         let out = Self::run(dir.path(), &args).await;
         let exports = out
             .lines()
@@ -149,9 +155,12 @@ impl Cluster {
     /// # Panics
     /// When it exported no such value.
     pub fn export(&self, name: &str) -> &str {
-        self.exports
-            .get(name)
-            .unwrap_or_else(|| panic!("scripts/broker start exported no {name}: {:?}", self.exports.keys()))
+        self.exports.get(name).unwrap_or_else(|| {
+            panic!(
+                "scripts/broker start exported no {name}: {:?}",
+                self.exports.keys()
+            )
+        })
     }
 
     /// The bootstrap servers (every node).

@@ -158,7 +158,16 @@ async fn concurrent_appends_share_transactions_and_are_read_committed() {
     })
     .await
     .unwrap();
-    let visible = read_all(&reader, 1).await;
+    // The commit returns once the coordinator decided it; the partition's last stable offset
+    // passes the records when the commit marker lands, a moment later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let visible = loop {
+        let visible = read_all(&reader, 1).await;
+        if !visible.is_empty() || tokio::time::Instant::now() > deadline {
+            break visible;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(visible.len(), 1);
     assert_eq!(visible[0].value, b"uncommitted");
     tokio::task::spawn_blocking(move || drop(outsider))

@@ -23,8 +23,12 @@
 //!   the first records of an append whose later records failed, as any Kafka producer may.
 //!   The caller gets an error and must treat the append as not done (a retry with the same
 //!   command id detects it).
-//! - `end_offset` is the partition's high watermark, and at least the end of this log's own
-//!   acknowledged appends.
+//! - `end_offset` is the partition's end by ListOffsets (`read_committed`: the last stable
+//!   offset), and at least the end of this log's own acknowledged appends.
+//! - **Nothing is skipped.** A read below a partition's log start (records deleted by
+//!   retention or `DeleteRecords`) fails with [`StorageError::Corrupt`] naming the partition
+//!   and offset; the events topic is created to keep records forever, and an existing one
+//!   with finite retention is refused.
 //!
 //! # Transactional mode
 //! With [`KafkaConfig::transactional`] the log fences a stale owner ("zombie") of a partition
@@ -46,9 +50,8 @@
 //!   run on the producer's own thread, never on the async workers.
 //! - **Reads** are `read_committed`: records of open or aborted transactions are never
 //!   returned. Offsets are not dense: every commit leaves a marker record, which readers skip.
-//! - `end_offset` is the last stable offset (every committed record is below it), found by a
-//!   `read_committed` reader reaching the end of the partition, because the broker's ListOffsets
-//!   answer cannot be relied on for it. It costs a fetch round trip.
+//! - `end_offset` is the last stable offset (every committed record is below it): the
+//!   `read_committed` ListOffsets answer of the partition leader, one round trip.
 //! - Checkpoints are committed outside the transactions: they are only a recovery bound.
 //! - The owners topic is written by the plain idempotent producer.
 
@@ -152,26 +155,7 @@ impl KafkaLog {
         topics::ensure_topics(
             &base_client_config(&config, "admin"),
             &bootstrap,
-            &[
-                topics::TopicSpec {
-                    name: &events_topic,
-                    partitions: config.partitions,
-                    replication_factor: config.replication_factor,
-                    configs: &[],
-                },
-                topics::TopicSpec {
-                    name: &snapshots_topic,
-                    partitions: config.partitions,
-                    replication_factor: config.replication_factor,
-                    configs: &[("cleanup.policy", "compact")],
-                },
-                topics::TopicSpec {
-                    name: &owners_topic,
-                    partitions: 1,
-                    replication_factor: config.replication_factor,
-                    configs: &[("cleanup.policy", "compact")],
-                },
-            ],
+            &topic_specs(&config, &events_topic, &snapshots_topic, &owners_topic),
             timeout,
         )
         .await?;
@@ -363,35 +347,6 @@ impl KafkaLog {
         committed
             .await
             .map_err(|_| StorageError::Closed(self.describe()))?
-    }
-
-    /// The last stable offset of `topic`/`partition` (every committed record is below it), as
-    /// a freshly positioned `read_committed` reader finds it: the broker's ListOffsets cannot
-    /// be trusted for it. Starts reading at `known`, an offset known to be at most that end.
-    async fn stable_end(
-        &self,
-        topic: &str,
-        partition: u32,
-        known: Offset,
-    ) -> Result<Offset, StorageError> {
-        let context = || self.at("finding the end of", topic, partition, Some(known));
-        let mut reader = self.readers.take(topic, partition, known, true, context)?;
-        let end = reader
-            .seek_end(self.config.request_timeout, |offset| {
-                self.at("finding the end of", topic, partition, Some(offset))
-            })
-            .await?;
-        let Some(end) = end else {
-            return Err(StorageError::io(
-                context(),
-                std::io::Error::other(format!(
-                    "the reader did not reach the end within {:?}",
-                    self.config.request_timeout
-                )),
-            ));
-        };
-        self.readers.give_back(topic, partition, reader);
-        Ok(end.max(known))
     }
 
     /// Records this instance (`endpoint`) as the server of `partitions` in the owners topic;
@@ -599,7 +554,10 @@ impl KafkaLog {
         }
     }
 
-    /// The high watermark of `topic`/`partition`, asked of the partition leader.
+    /// The end of `topic`/`partition` by ListOffsets, asked of the partition leader. librdkafka
+    /// asks with its `isolation.level`, `read_committed` unless set otherwise, so in the
+    /// transactional mode this is the last stable offset: every committed record is below it,
+    /// and no record of an open transaction is.
     fn high_watermark<'a>(
         &'a self,
         topic: &'a str,
@@ -659,12 +617,7 @@ impl KafkaLog {
     ) -> Result<(), StorageError> {
         let topic = &self.snapshots_topic;
         let acked_end = self.snapshots_acked_end[partition as usize].load(Ordering::Acquire);
-        let end = if self.transactions.is_some() {
-            self.stable_end(topic, partition, cached.read_to.max(acked_end))
-                .await?
-        } else {
-            self.high_watermark(topic, partition).await?.max(acked_end)
-        };
+        let end = self.high_watermark(topic, partition).await?.max(acked_end);
         while cached.read_to < end {
             let records = self
                 .read_topic(
@@ -703,6 +656,28 @@ impl KafkaLog {
         Ok(())
     }
 
+    /// Runs a group coordinator request, again while the coordinator is moving or loading (a
+    /// fresh cluster creates its offsets topic on the first group request; a rebalance of
+    /// that topic moves coordinators), up to the request timeout.
+    async fn with_coordinator<T, F, Fut>(&self, mut request: F) -> Result<T, KafkaError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, KafkaError>, KafkaError>>,
+    {
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match request().await.and_then(|r| r) {
+                Err(e) if coordinator_unready(&e) && Instant::now() + pause < deadline => {
+                    tracing::debug!(error = %e, "kafka group coordinator not ready; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The consumer that commits and fetches offsets of `group`.
     fn group_consumer(&self, group: &str) -> Result<Arc<BaseConsumer>, StorageError> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
@@ -727,6 +702,97 @@ impl KafkaLog {
         groups.insert(group.to_owned(), consumer.clone());
         Ok(consumer)
     }
+}
+
+/// Whether `e` says the group coordinator is not there yet (moving, loading, not elected).
+fn coordinator_unready(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+        )
+    )
+}
+
+/// A blocking Kafka call whose task did not finish (it panicked or was cancelled).
+fn join_failed(e: tokio::task::JoinError) -> KafkaError {
+    tracing::error!(error = %e, "a blocking kafka call did not finish");
+    KafkaError::Canceled
+}
+
+/// Room for the record batch framing and key around the largest snapshot.
+const SNAPSHOT_FRAMING_BYTES: usize = 64 << 10;
+
+/// The largest record (batch) keel's producers send and its snapshots topic accepts.
+fn max_message_bytes(config: &KafkaConfig) -> usize {
+    config.max_snapshot_bytes + SNAPSHOT_FRAMING_BYTES
+}
+
+/// The topics keel needs, with the settings it creates them with and relies on.
+fn topic_specs(
+    config: &KafkaConfig,
+    events: &str,
+    snapshots: &str,
+    owners: &str,
+) -> Vec<topics::TopicSpec> {
+    use topics::Required::{AtLeast, Equals, Nothing};
+    // Compaction only runs on closed segments: hourly segments keep a first snapshot load
+    // from reading a week of superseded snapshots.
+    let compacted = |why: &'static str| {
+        vec![
+            (
+                "cleanup.policy",
+                "compact".to_owned(),
+                Equals("compact"),
+                why,
+            ),
+            ("segment.ms", "3600000".to_owned(), Nothing, ""),
+            ("min.cleanable.dirty.ratio", "0.1".to_owned(), Nothing, ""),
+        ]
+    };
+    let mut snapshot_configs = compacted(
+        "a snapshot stands for every event before the recovery checkpoint and must never \
+         expire",
+    );
+    let max_message = max_message_bytes(config);
+    snapshot_configs.push((
+        "max.message.bytes",
+        max_message.to_string(),
+        AtLeast(max_message as u64),
+        "snapshots up to KafkaConfig::max_snapshot_bytes must fit",
+    ));
+    let forever = "keel keeps every event forever (aggregates are rebuilt from them)";
+    vec![
+        topics::TopicSpec {
+            name: events.to_owned(),
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+            configs: vec![
+                (
+                    "cleanup.policy",
+                    "delete".to_owned(),
+                    Equals("delete"),
+                    forever,
+                ),
+                ("retention.ms", "-1".to_owned(), Equals("-1"), forever),
+                ("retention.bytes", "-1".to_owned(), Equals("-1"), forever),
+            ],
+        },
+        topics::TopicSpec {
+            name: snapshots.to_owned(),
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+            configs: snapshot_configs,
+        },
+        topics::TopicSpec {
+            name: owners.to_owned(),
+            partitions: 1,
+            replication_factor: config.replication_factor,
+            configs: compacted("an owner entry must stay until a newer one replaces it"),
+        },
+    ]
 }
 
 /// Properties every client gets: the brokers, a client id, and the user's own properties.
@@ -765,6 +831,8 @@ fn producer_client_config(config: &KafkaConfig, transactional_id: Option<&str>) 
             "delivery.timeout.ms",
             config.delivery_timeout.as_millis().to_string(),
         )
+        // Snapshots up to the configured limit; the snapshots topic accepts as much.
+        .set("message.max.bytes", max_message_bytes(config).to_string())
         // keel chooses every partition itself; this only matters for records without one.
         .set("partitioner", "murmur2_random");
     if let Some(id) = transactional_id {
@@ -789,10 +857,12 @@ fn reader_client_config(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        // Reading past the end resets to the start; records before `from` are dropped.
-        .set("auto.offset.reset", "earliest")
-        // The longest a fetch waits at the broker for new records: bounds how late a long
-        // poll sees a record when the broker does not answer a parked fetch early.
+        // A read below the partition's log start (records deleted) or past its end is an
+        // error, never a silent jump to another offset.
+        .set("auto.offset.reset", "error")
+        // The longest a fetch waits at the broker for new records. Kafka answers a parked
+        // fetch as soon as records arrive, but a reader moved to another offset waits for its
+        // parked fetch to return first, so keep it short.
         .set("fetch.wait.max.ms", "100")
         // Prefetch per consumer; one consumer per partition being read.
         .set("queued.max.messages.kbytes", "8192");
@@ -899,16 +969,8 @@ impl EventLog for KafkaLog {
         Box::pin(async move {
             self.check_partition(partition)?;
             let known_end = &self.events_acked_end[partition as usize];
-            if self.transactions.is_some() {
-                let known = known_end.load(Ordering::Acquire);
-                let end = self
-                    .stable_end(&self.events_topic, partition, known)
-                    .await?;
-                known_end.fetch_max(end, Ordering::AcqRel);
-                return Ok(end);
-            }
-            let high = self.high_watermark(&self.events_topic, partition).await?;
-            Ok(high.max(known_end.load(Ordering::Acquire)))
+            let end = self.high_watermark(&self.events_topic, partition).await?;
+            Ok(end.max(known_end.load(Ordering::Acquire)))
         })
     }
 }
@@ -923,6 +985,18 @@ impl SnapshotStore for KafkaLog {
         Box::pin(async move {
             self.check_partition(partition)?;
             let topic = &self.snapshots_topic;
+            let size = key.len() + value.len();
+            if size > self.config.max_snapshot_bytes {
+                return Err(StorageError::TooLarge {
+                    context: format!(
+                        "{} (snapshot of {key})",
+                        self.at("writing to", topic, partition, None)
+                    ),
+                    size,
+                    limit: self.config.max_snapshot_bytes,
+                    setting: "KafkaConfig::max_snapshot_bytes",
+                });
+            }
             let offset = match &self.transactions {
                 Some(slots) => {
                     let records = vec![(key.clone(), value.clone())];
@@ -992,11 +1066,20 @@ impl CheckpointStore for KafkaLog {
             let mut wanted = TopicPartitionList::new();
             wanted.add_partition(&self.events_topic, partition as i32);
             let timeout = self.config.request_timeout;
-            let committed =
-                tokio::task::spawn_blocking(move || consumer.committed_offsets(wanted, timeout))
-                    .await
-                    .map_err(|e| StorageError::io(context(), e))?
-                    .map_err(|e| StorageError::io(context(), e))?;
+            let committed = self
+                .with_coordinator(|| {
+                    let consumer = consumer.clone();
+                    let wanted = wanted.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            consumer.committed_offsets(wanted, timeout)
+                        })
+                        .await
+                        .map_err(join_failed)
+                    }
+                })
+                .await
+                .map_err(|e| StorageError::io(context(), e))?;
             let Some(element) = committed.find_partition(&self.events_topic, partition as i32)
             else {
                 return Ok(None);
@@ -1039,10 +1122,17 @@ impl CheckpointStore for KafkaLog {
                     rdkafka::Offset::Offset(offset as i64),
                 )
                 .map_err(|e| StorageError::io(context(), e))?;
-            tokio::task::spawn_blocking(move || consumer.commit(&commit, CommitMode::Sync))
-                .await
-                .map_err(|e| StorageError::io(context(), e))?
-                .map_err(|e| StorageError::io(context(), e))?;
+            self.with_coordinator(|| {
+                let consumer = consumer.clone();
+                let commit = commit.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || consumer.commit(&commit, CommitMode::Sync))
+                        .await
+                        .map_err(join_failed)
+                }
+            })
+            .await
+            .map_err(|e| StorageError::io(context(), e))?;
             Ok(())
         })
     }

@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use crate::error::Error;
 
+/// The default [`KafkaConfig::max_snapshot_bytes`].
+pub(crate) const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 8 << 20;
+/// The largest [`KafkaConfig::max_snapshot_bytes`]: well below librdkafka's 1e9 ceiling of
+/// `message.max.bytes`, and what a broker can hold in one request without trouble.
+const MAX_SNAPSHOT_BYTES_LIMIT: usize = 256 << 20;
+
 /// The configuration of a [`KafkaLog`](crate::KafkaLog).
 ///
 /// ```no_run
@@ -24,7 +30,8 @@ pub struct KafkaConfig {
     pub(crate) app_id: String,
     pub(crate) topic_prefix: Option<String>,
     pub(crate) partitions: u32,
-    pub(crate) replication_factor: u16,
+    pub(crate) replication_factor: Option<u16>,
+    pub(crate) max_snapshot_bytes: usize,
     pub(crate) linger: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) delivery_timeout: Duration,
@@ -42,7 +49,8 @@ impl KafkaConfig {
             app_id: "keel".to_owned(),
             topic_prefix: None,
             partitions: 12,
-            replication_factor: 1,
+            replication_factor: None,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             linger: Duration::from_millis(5),
             request_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
@@ -80,10 +88,25 @@ impl KafkaConfig {
     }
 
     /// The replication factor of topics created on open (existing topics keep theirs).
+    /// Every topic keel creates gets `min.insync.replicas = min(2, replication factor)`, so
+    /// with `acks=all` an acknowledged append is on at least two brokers whenever the topic
+    /// has two replicas or more.
     ///
-    /// Default = 1.
+    /// Default = the brokers' `default.replication.factor`.
     pub fn replication_factor(mut self, factor: u16) -> Self {
-        self.replication_factor = factor;
+        self.replication_factor = Some(factor);
+        self
+    }
+
+    /// The largest snapshot (encoded envelope) the log stores. The snapshots topic is created
+    /// with a matching `max.message.bytes` (an existing one must allow it), and the producer
+    /// with a matching `message.max.bytes`. A larger snapshot is not written: saving it fails
+    /// with [`StorageError::TooLarge`](crate::StorageError::TooLarge) naming this limit, and
+    /// the aggregate goes on from its events.
+    ///
+    /// Default = 8 MiB.
+    pub fn max_snapshot_bytes(mut self, bytes: usize) -> Self {
+        self.max_snapshot_bytes = bytes;
         self
     }
 
@@ -171,10 +194,16 @@ impl KafkaConfig {
                 self.partitions
             )));
         }
-        if self.replication_factor == 0 {
+        if self.replication_factor == Some(0) {
             return Err(Error::Config(
                 "kafka replication factor must be at least 1".into(),
             ));
+        }
+        if self.max_snapshot_bytes == 0 || self.max_snapshot_bytes > MAX_SNAPSHOT_BYTES_LIMIT {
+            return Err(Error::Config(format!(
+                "kafka max_snapshot_bytes {} is out of range (1 to {MAX_SNAPSHOT_BYTES_LIMIT})",
+                self.max_snapshot_bytes
+            )));
         }
         if self.prefix().is_empty() {
             return Err(Error::Config("kafka topic prefix is empty".into()));

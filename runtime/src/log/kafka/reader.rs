@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::error::StorageError;
@@ -127,8 +128,8 @@ pub(super) struct ReadLimits<'a> {
     pub(super) fetch_timeout: Duration,
     /// An end offset known without asking the broker (this log's own acknowledged appends).
     pub(super) known_end: Offset,
-    /// Asks the broker for the end offset (lazily: it runs only when awaited), once, for a
-    /// freshly positioned consumer that received nothing within `wait`.
+    /// Asks the broker for the end offset (lazily: it runs only when awaited), at most once,
+    /// when nothing arrived within `wait` and no known end says records are there.
     pub(super) query_end: BoxFuture<'a, Result<Offset, StorageError>>,
 }
 
@@ -198,7 +199,7 @@ impl PartitionReader {
                 Some(Err(e)) => {
                     let at = self.next.unwrap_or(from);
                     self.next = None;
-                    return Err(StorageError::io(context(at), e));
+                    return Err(read_error(context(at), e));
                 }
                 None if records.is_empty() && !extended => {
                     // Nothing arrived within the long-poll window. If records are known to be
@@ -206,7 +207,10 @@ impl PartitionReader {
                     if self.caught_up(known_end) {
                         break;
                     }
-                    if self.fresh {
+                    // Nothing fetched does not mean nothing there: the consumer may not have
+                    // fetched yet (freshly positioned) or its next fetch is under way. Ask the
+                    // broker where the partition ends, once per read.
+                    if self.fresh || known_end <= from {
                         self.fresh = false;
                         known_end = known_end.max((&mut limits.query_end).await?);
                     }
@@ -219,11 +223,15 @@ impl PartitionReader {
                 None => break,
             }
         }
-        if records.is_empty() && extended {
-            tracing::warn!(
-                at = %context(from),
-                "records below the known end offset were not fetched within the request timeout"
-            );
+        if records.is_empty() && extended && !self.caught_up(known_end) {
+            // Records are known to be there; returning nothing would read as "no more".
+            return Err(StorageError::io(
+                context(from),
+                std::io::Error::other(format!(
+                    "records below the end offset {known_end} were not fetched within {:?}",
+                    limits.fetch_timeout
+                )),
+            ));
         }
         Ok(records)
     }
@@ -247,38 +255,23 @@ impl PartitionReader {
         });
         position.or(self.next)
     }
+}
 
-    /// Reads on (discarding records) until the consumer reports the end of the partition;
-    /// that end. For a `read_committed` consumer with `enable.partition.eof=true`, freshly
-    /// assigned: the last stable offset. `None` when no end was reported within `timeout`.
-    pub(super) async fn seek_end(
-        &mut self,
-        timeout: Duration,
-        context: impl Fn(Offset) -> String,
-    ) -> Result<Option<Offset>, StorageError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Err(_elapsed) => return Ok(None),
-                Ok(Ok(message)) => {
-                    self.fresh = false;
-                    self.next = Some(message.offset() as Offset + 1);
-                }
-                Ok(Err(KafkaError::PartitionEOF(_))) => {
-                    self.fresh = false;
-                    self.caught_up_to = self.end_position();
-                    if let Some(end) = self.caught_up_to {
-                        self.next = Some(end);
-                    }
-                    return Ok(self.caught_up_to);
-                }
-                Ok(Err(e)) => {
-                    let at = self.next.unwrap_or_default();
-                    self.next = None;
-                    return Err(StorageError::io(context(at), e));
-                }
+/// A consumer error as a storage error; an offset out of range (the consumer's
+/// `auto.offset.reset=error`) is damage, not a passing failure.
+fn read_error(context: String, e: KafkaError) -> StorageError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange) => {
+            StorageError::Corrupt {
+                context,
+                detail: format!(
+                    "the offset is out of the partition's range: below its log start (records \
+                     deleted by retention or DeleteRecords) or past its end; keel never skips \
+                     records ({e})"
+                ),
             }
         }
+        _ => StorageError::io(context, e),
     }
 }
 
