@@ -1,14 +1,19 @@
-//! The broker is killed with SIGKILL in the middle of a command load and restarted two
-//! seconds later on the same port and data. Commands in flight get errors or succeed; the
-//! runtime recovers on its own (no restart): new commands succeed once the broker is back.
-//! Callers retry a failed command with the same command id, so a command whose
+//! Brokers are killed with SIGKILL in the middle of a command load:
+//! - a one-node cluster, restarted two seconds later on the same port and data;
+//! - the leader of the busiest partitions of a three-node cluster (replication factor 3,
+//!   `min.insync.replicas` 2): the other two elect a new leader and commands resume without
+//!   a restart (the pause is measured and printed);
+//! - every node of a three-node cluster at once, restarted two seconds later.
+//!
+//! Commands in flight get errors or succeed; the runtime recovers on its own (it is never
+//! restarted). Callers retry a failed command with the same command id, so a command whose
 //! acknowledgement was lost is deduplicated, not doubled. At the end, every acknowledged
 //! command is in the log exactly once, no command id is in it twice, and every aggregate's
 //! sequence is dense.
 //!
-//! The test starts its own broker (`scripts/broker` with a private `KEEL_BROKER_DIR`, so on
-//! its own port), because killing the shared one would break the other Kafka tests of the
-//! run. It runs when the environment provides Kafka (`KEEL_KAFKA_BOOTSTRAP`, as
+//! Each test starts its own cluster (`scripts/broker` with a private `KEEL_BROKER_DIR`, so on
+//! its own ports), because killing the shared one would break the other Kafka tests of the
+//! run; one at a time, as three JVMs per cluster fill the machine. It runs when the environment provides Kafka (`KEEL_KAFKA_BOOTSTRAP`, as
 //! `scripts/test` does) and, like the other Kafka tests, fails instead of skipping when
 //! `KEEL_REQUIRE_KAFKA=1` and no broker is reachable.
 
@@ -25,6 +30,7 @@ use keel::{
 };
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
+use rdkafka::consumer::Consumer;
 use tokio::time::Instant;
 
 const PARTITIONS: u32 = 4;
@@ -34,8 +40,8 @@ const TASKS: usize = 48;
 /// Short enough that commands in flight when the broker dies time out and are retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 const OUTAGE: Duration = Duration::from_secs(2);
-/// Commands every task must complete after the restart before the load stops.
-const ACKS_AFTER_RESTART: usize = 10;
+/// Commands every task must complete after the fault before the load stops.
+const ACKS_AFTER_FAULT: usize = 10;
 /// How long a command may keep failing before the test decides the runtime did not recover.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -161,16 +167,69 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// What is done to the cluster while the load runs.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL every node, restart them after [`OUTAGE`].
+    WholeCluster,
+    /// SIGKILL the node leading the most events partitions; it stays down.
+    Leader,
+}
+
+/// One test at a time in this binary: each runs a cluster of its own.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_sigkill_under_load_loses_and_doubles_nothing() {
+    crash_under_load("one-node", 1, Fault::WholeCluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_on_three_nodes_loses_and_doubles_nothing() {
+    crash_under_load("leader", 3, Fault::Leader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_sigkill_on_three_nodes_loses_and_doubles_nothing() {
+    crash_under_load("three-nodes", 3, Fault::WholeCluster).await;
+}
+
+/// The broker id (= `scripts/broker` node number) leading the most partitions of `topic`.
+async fn busiest_leader(bootstrap: &str, topic: &str) -> u32 {
+    let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = client
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+        for partition in metadata.topics()[0].partitions() {
+            *led.entry(partition.leader()).or_default() += 1;
+        }
+        let (leader, _) = led.into_iter().max_by_key(|(_, n)| *n).expect("a leader");
+        u32::try_from(leader).expect("a broker id")
+    })
+    .await
+    .unwrap()
+}
+
+async fn crash_under_load(name: &str, nodes: u32, fault: Fault) {
     // The shared broker is only the signal that Kafka tests should run; this test kills a
-    // broker of its own.
+    // cluster of its own.
     if kafka_bootstrap("kafka_broker_crash").is_none() {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
-    let broker = Cluster::start(ClusterSpec::default()).await;
-    let prefix = unique_topic_prefix("broker-crash");
+    let broker = Cluster::start(ClusterSpec {
+        nodes,
+        ..ClusterSpec::default()
+    })
+    .await;
+    let prefix = unique_topic_prefix(&format!("broker-crash-{name}"));
     let log = Arc::new(
         KafkaConfig::new(broker.bootstrap())
             .app_id(format!("{prefix}-app"))
@@ -221,26 +280,55 @@ async fn broker_sigkill_under_load_loses_and_doubles_nothing() {
         total() >= 20 * TASKS
     })
     .await;
-    broker.kill(None).await;
     let before_kill = total();
-    tokio::time::sleep(OUTAGE).await;
-    let during_outage = total() - before_kill;
-    broker.restart(None).await;
-    let restarted = Instant::now();
+    let killed_at = Instant::now();
+    let at_kill: Vec<usize> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let (during_outage, resumed_from) = match fault {
+        Fault::WholeCluster => {
+            broker.kill(None).await;
+            tokio::time::sleep(OUTAGE).await;
+            let during = total() - before_kill;
+            broker.restart(None).await;
+            (during, Instant::now())
+        }
+        Fault::Leader => {
+            let leader = busiest_leader(broker.bootstrap(), log.events_topic()).await;
+            broker.kill(Some(leader)).await;
+            eprintln!("kafka_broker_crash[{name}]: killed node {leader}, the busiest leader");
+            (0, killed_at)
+        }
+    };
 
     // The same runtime, never restarted, serves every task again.
-    let at_restart: Vec<usize> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let first_acks: Arc<Mutex<Vec<Option<Duration>>>> = Arc::new(Mutex::new(vec![None; TASKS]));
     wait_until(
-        "every load task completes commands after the broker restart",
+        "every load task completes commands after the fault",
         RECOVERY_DEADLINE,
         || {
-            counters
-                .iter()
-                .zip(&at_restart)
-                .all(|(c, &then)| c.load(Ordering::Relaxed) >= then + ACKS_AFTER_RESTART)
+            let mut first = first_acks.lock().unwrap();
+            let mut all = true;
+            for (task, (c, &then)) in counters.iter().zip(&at_kill).enumerate() {
+                let now = c.load(Ordering::Relaxed);
+                // Two commands after the kill: the first may have been acknowledged just
+                // before it.
+                if now >= then + 2 && first[task].is_none() {
+                    first[task] = Some(killed_at.elapsed());
+                }
+                all &= now >= then + ACKS_AFTER_FAULT;
+            }
+            all
         },
     )
     .await;
+    let restarted = resumed_from;
+    let pauses: Vec<Duration> = first_acks
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    let longest_pause = pauses.iter().max().copied().unwrap_or_default();
     let recovered_after = restarted.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut acks = Vec::new();
@@ -334,11 +422,11 @@ async fn broker_sigkill_under_load_loses_and_doubles_nothing() {
     let deduplicated = acks.iter().filter(|a| a.deduplicated).count();
     let errors = observed.errors.lock().unwrap().clone();
     eprintln!(
-        "kafka_broker_crash: {} commands acknowledged ({before_kill} before the kill, \
-         {during_outage} during the {OUTAGE:?} outage), {} events in the log; failed \
-         attempts {errors:?}; {retried} commands acknowledged after a retry, {deduplicated} \
-         of them deduplicated; every task recovered {recovered_after:?} after the restart; \
-         {:?} in all",
+        "kafka_broker_crash[{name}, {fault:?}]: {} commands acknowledged ({before_kill} before \
+         the kill, {during_outage} during the outage), {} events in the log; failed attempts \
+         {errors:?}; {retried} commands acknowledged after a retry, {deduplicated} of them \
+         deduplicated; every task acknowledged commands again {longest_pause:?} after the \
+         kill ({recovered_after:?} after the restart or kill); {:?} in all",
         acks.len(),
         events.len(),
         started.elapsed()

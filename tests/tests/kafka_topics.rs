@@ -19,6 +19,7 @@ use keel::{
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -553,4 +554,62 @@ async fn recovery_checkpoints_of_a_quiet_partition_never_expire() {
         );
     }
     runtime.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_three_nodes_topics_get_the_default_replication_and_two_insync_replicas() {
+    if kafka_bootstrap("kafka_topics::three_nodes").is_none() {
+        return;
+    }
+    // Brokers whose own default min.insync.replicas (1) would let an acknowledged append
+    // live on one broker only.
+    let cluster = Cluster::start(ClusterSpec {
+        nodes: 3,
+        overrides: vec!["min.insync.replicas=1".into()],
+        ..ClusterSpec::default()
+    })
+    .await;
+    let bootstrap = cluster.bootstrap().to_owned();
+    for (replication, expected_rf, expected_isr) in
+        [(None, 3, "2"), (Some(2), 2, "2"), (Some(1), 1, "1")]
+    {
+        let prefix = unique_topic_prefix("three-nodes");
+        let mut config = config(&bootstrap, &prefix);
+        if let Some(rf) = replication {
+            config = config.replication_factor(rf);
+        }
+        let log = config.open().await.expect("open");
+        let metadata_client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        for topic in [
+            log.events_topic().to_owned(),
+            log.snapshots_topic().to_owned(),
+        ] {
+            let lookup = topic.clone();
+            let client = &metadata_client;
+            let replicas = tokio::task::block_in_place(|| {
+                let metadata = client.fetch_metadata(Some(&lookup), TIMEOUT).unwrap();
+                metadata.topics()[0]
+                    .partitions()
+                    .iter()
+                    .map(|p| p.replicas().len())
+                    .collect::<Vec<_>>()
+            });
+            assert!(
+                replicas.iter().all(|&r| r == expected_rf),
+                "{topic} ({replication:?}): replicas {replicas:?}"
+            );
+            let settings = settings(&bootstrap, &topic).await;
+            assert_eq!(
+                settings["min.insync.replicas"], expected_isr,
+                "{topic} ({replication:?})"
+            );
+            if topic == log.events_topic() {
+                // Setting min.insync.replicas kept the rest of the topic's settings.
+                assert_eq!(settings["retention.ms"], "-1", "{topic}");
+            }
+        }
+    }
 }

@@ -196,6 +196,11 @@ impl PartitionReader {
                         break;
                     }
                 }
+                // librdkafka reports a lost broker connection to the consumer as well, and
+                // goes on fetching from the partition's new leader: keep waiting.
+                Some(Err(e)) if transient(&e) => {
+                    tracing::debug!(at = %context(self.next.unwrap_or(from)), error = %e, "kafka reader: transient error");
+                }
                 Some(Err(e)) => {
                     let at = self.next.unwrap_or(from);
                     self.next = None;
@@ -255,6 +260,26 @@ impl PartitionReader {
         });
         position.or(self.next)
     }
+}
+
+/// Whether a consumer error is only news about connections or leadership, after which the
+/// consumer carries on by itself.
+fn transient(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::FencedLeaderEpoch
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+                | RDKafkaErrorCode::NotCoordinator
+        )
+    )
 }
 
 /// A consumer error as a storage error; an offset out of range (the consumer's
