@@ -71,7 +71,9 @@ use crate::log::{
 };
 
 mod config;
+mod diagnose;
 mod reader;
+mod redact;
 mod snapshots;
 mod topics;
 mod transactions;
@@ -149,7 +151,7 @@ impl KafkaLog {
         let bootstrap = config.bootstrap_servers.clone();
 
         let timeout = config.request_timeout;
-        topics::ensure_topics(
+        let ensured = topics::ensure_topics(
             &base_client_config(&config, "admin"),
             &bootstrap,
             &[
@@ -174,7 +176,10 @@ impl KafkaLog {
             ],
             timeout,
         )
-        .await?;
+        .await;
+        if let Err(e) = ensured {
+            return Err(diagnose::explain(e, &config).await);
+        }
 
         let producer: FutureProducer =
             producer_client_config(&config, None)

@@ -18,7 +18,7 @@ use crate::error::Error;
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     pub(crate) bootstrap_servers: String,
     pub(crate) app_id: String,
