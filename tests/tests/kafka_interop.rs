@@ -409,6 +409,15 @@ async fn a_python_client_decodes_every_event_and_snapshot_as_keel_reads_them() {
         decoded.len(),
         expected.len()
     );
+    // A unit variant is a bare string; a struct variant a map of one entry.
+    let payloads: Vec<&Value> = decoded.values().map(|line| &line["payload"]).collect();
+    assert!(payloads.contains(&&json!("Frozen")), "{payloads:?}");
+    assert!(
+        payloads
+            .iter()
+            .any(|p| p["Opened"]["overdraft"] == json!(-200)),
+        "{payloads:?}"
+    );
     for (at, keel) in &expected {
         let python = decoded
             .get(at)
