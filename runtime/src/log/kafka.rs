@@ -74,7 +74,9 @@ use crate::log::{
 };
 
 mod config;
+mod diagnose;
 mod reader;
+mod redact;
 mod snapshots;
 mod topics;
 mod transactions;
@@ -152,13 +154,16 @@ impl KafkaLog {
         let bootstrap = config.bootstrap_servers.clone();
 
         let timeout = config.request_timeout;
-        topics::ensure_topics(
+        let ensured = topics::ensure_topics(
             &base_client_config(&config, "admin"),
             &bootstrap,
             &topic_specs(&config, &events_topic, &snapshots_topic, &owners_topic),
             timeout,
         )
-        .await?;
+        .await;
+        if let Err(e) = ensured {
+            return Err(diagnose::explain(e, &config).await);
+        }
 
         let producer: FutureProducer =
             producer_client_config(&config, None)

@@ -24,7 +24,7 @@ const MAX_SNAPSHOT_BYTES_LIMIT: usize = 256 << 20;
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     pub(crate) bootstrap_servers: String,
     pub(crate) app_id: String,
