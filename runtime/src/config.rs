@@ -52,6 +52,13 @@ pub struct RuntimeConfig {
     /// How often shards look for idle actors and commit their recovery checkpoint.
     /// Default = 1 s (and never more than half the idle timeout).
     pub maintenance_interval: Duration,
+    /// The bytes of event values the runtime keeps in memory, over all its partitions, so
+    /// that activations replay without reading the log (the partition *tails*: the events no
+    /// snapshot covers yet, from the recovery scan and this instance's own appends). When
+    /// full, a partition's lowest offsets are evicted first; an activation that needs evicted
+    /// events reads them in one sequential pass per partition, shared by every activation
+    /// waiting. 0 turns the tails off. Default = 64 MiB.
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -67,6 +74,7 @@ impl Default for RuntimeConfig {
             command_timeout: Duration::from_secs(30),
             dedup_window: 128,
             maintenance_interval: Duration::from_secs(1),
+            tail_cache_bytes: 64 << 20,
         }
     }
 }

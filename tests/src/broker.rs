@@ -149,9 +149,12 @@ impl Cluster {
     /// # Panics
     /// When it exported no such value.
     pub fn export(&self, name: &str) -> &str {
-        self.exports
-            .get(name)
-            .unwrap_or_else(|| panic!("scripts/broker start exported no {name}: {:?}", self.exports.keys()))
+        self.exports.get(name).unwrap_or_else(|| {
+            panic!(
+                "scripts/broker start exported no {name}: {:?}",
+                self.exports.keys()
+            )
+        })
     }
 
     /// The bootstrap servers (every node).
