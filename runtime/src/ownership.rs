@@ -13,8 +13,8 @@
 //!   transactional producer is created first, fencing the previous owner
 //!   ([`KafkaLog::acquire_partition`]); then the snapshot cache is refreshed (another
 //!   instance may have written snapshots meanwhile) and the shards recover from the
-//!   partition checkpoint. The consumer is paused on them: it exists for membership, not to
-//!   read events.
+//!   partition checkpoint — all assigned partitions at once, not one after another. The
+//!   consumer is paused on them: it exists for membership, not to read events.
 //! - **Who owns what.** After recovering a partition, the new owner writes its endpoint to the
 //!   compacted topic `{prefix}.owners` (key = partition); every instance reads it every few
 //!   seconds, so a `NotOwner` error names where the partition is served. (The group's own
