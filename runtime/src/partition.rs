@@ -427,6 +427,85 @@ impl PartitionState {
     }
 }
 
+/// The tail reader of one partition: serves the waiting activations, pass after pass, until
+/// none is left.
+async fn refill_loop(mut running: RefillRunning, backend: Arc<dyn LogBackend>) {
+    let part = running.part.clone();
+    loop {
+        let batch = {
+            let mut refill = lock(&part.refill);
+            if refill.waiting.is_empty() {
+                refill.running = false;
+                running.finished = true;
+                return;
+            }
+            std::mem::take(&mut refill.waiting)
+        };
+        let mut wanted: Vec<Offset> = batch
+            .iter()
+            .flat_map(|(offsets, _)| offsets.iter().copied())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        match read_wanted(&*backend, part.partition, &wanted).await {
+            Ok(mut found) => {
+                for (offsets, reply) in batch {
+                    // Two activations of one key never run at once, so no offset is wanted
+                    // twice: each record moves to its one activation.
+                    let records = offsets.iter().filter_map(|o| found.remove(o)).collect();
+                    let _ = reply.send(Ok(records));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One sequential pass over the partition from the first to the last of `wanted`
+/// (ascending, non-empty): the records at those offsets.
+async fn read_wanted(
+    backend: &dyn LogBackend,
+    partition: u32,
+    wanted: &[Offset],
+) -> Result<HashMap<Offset, StoredRecord>, StorageError> {
+    let mut found = HashMap::with_capacity(wanted.len());
+    let Some(&last_wanted) = wanted.last() else {
+        return Ok(found);
+    };
+    let mut next = 0;
+    let mut from = wanted[0];
+    while next < wanted.len() {
+        if wanted[next] > from + REFILL_MAX_GAP {
+            from = wanted[next];
+        }
+        // Offsets are at least one per record, so this many records reach the last wanted.
+        let max = (last_wanted - from + 1).min(REFILL_READ_BATCH as Offset) as usize;
+        let records = backend
+            .read(partition, from, max, std::time::Duration::ZERO)
+            .await?;
+        let Some(last) = records.last() else { break };
+        from = last.position.offset + 1;
+        for record in records {
+            let offset = record.position.offset;
+            while next < wanted.len() && wanted[next] < offset {
+                next += 1; // not in the log: the activation reports it
+            }
+            if next < wanted.len() && wanted[next] == offset {
+                found.insert(offset, record);
+                next += 1;
+            }
+        }
+        while next < wanted.len() && wanted[next] < from {
+            next += 1;
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,83 +597,4 @@ mod tests {
         q.record_value("A/2", 2, vec![0; 4 * entry]);
         assert_eq!(q.tail_len(), 1);
     }
-}
-
-/// The tail reader of one partition: serves the waiting activations, pass after pass, until
-/// none is left.
-async fn refill_loop(mut running: RefillRunning, backend: Arc<dyn LogBackend>) {
-    let part = running.part.clone();
-    loop {
-        let batch = {
-            let mut refill = lock(&part.refill);
-            if refill.waiting.is_empty() {
-                refill.running = false;
-                running.finished = true;
-                return;
-            }
-            std::mem::take(&mut refill.waiting)
-        };
-        let mut wanted: Vec<Offset> = batch
-            .iter()
-            .flat_map(|(offsets, _)| offsets.iter().copied())
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        match read_wanted(&*backend, part.partition, &wanted).await {
-            Ok(mut found) => {
-                for (offsets, reply) in batch {
-                    // Two activations of one key never run at once, so no offset is wanted
-                    // twice: each record moves to its one activation.
-                    let records = offsets.iter().filter_map(|o| found.remove(o)).collect();
-                    let _ = reply.send(Ok(records));
-                }
-            }
-            Err(e) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// One sequential pass over the partition from the first to the last of `wanted`
-/// (ascending, non-empty): the records at those offsets.
-async fn read_wanted(
-    backend: &dyn LogBackend,
-    partition: u32,
-    wanted: &[Offset],
-) -> Result<HashMap<Offset, StoredRecord>, StorageError> {
-    let mut found = HashMap::with_capacity(wanted.len());
-    let Some(&last_wanted) = wanted.last() else {
-        return Ok(found);
-    };
-    let mut next = 0;
-    let mut from = wanted[0];
-    while next < wanted.len() {
-        if wanted[next] > from + REFILL_MAX_GAP {
-            from = wanted[next];
-        }
-        // Offsets are at least one per record, so this many records reach the last wanted.
-        let max = (last_wanted - from + 1).min(REFILL_READ_BATCH as Offset) as usize;
-        let records = backend
-            .read(partition, from, max, std::time::Duration::ZERO)
-            .await?;
-        let Some(last) = records.last() else { break };
-        from = last.position.offset + 1;
-        for record in records {
-            let offset = record.position.offset;
-            while next < wanted.len() && wanted[next] < offset {
-                next += 1; // not in the log: the activation reports it
-            }
-            if next < wanted.len() && wanted[next] == offset {
-                found.insert(offset, record);
-                next += 1;
-            }
-        }
-        while next < wanted.len() && wanted[next] < from {
-            next += 1;
-        }
-    }
-    Ok(found)
 }
