@@ -5,6 +5,17 @@
 //!   from as many tasks as there are aggregates, each awaiting its own delivery — what a
 //!   durable command cannot do faster than.
 //!
+//!
+//! Then activation and handoff on Kafka:
+//! - `activation/tail`: the latency of activating an aggregate with a snapshot plus 99
+//!   events after it (interleaved with other aggregates' events), in a runtime that
+//!   recovered the partition (so the events are in its in-memory tail). Beside it, in the same
+//!   run: `activation/no_tail` (the tail turned off: each activation reads its events in one
+//!   sequential pass) and `activation/per_event_reads` (the snapshot load plus one log read
+//!   per event, as activations read before the tail existed).
+//! - `handoff`: one instance serving 10 000 live aggregates of a partition leaves the group;
+//!   the time until the other instance has the partition and serves a command on it.
+//!
 //! Needs a broker: `KEEL_KAFKA_BOOTSTRAP=HOST:PORT` (`eval "$(scripts/broker start)"`);
 //! without it the bench says so and does nothing. Criterion reports time per command; at
 //! the end a table gives commands/s, the raw producer's messages/s, their ratio, and the
@@ -16,7 +27,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use keel::{EventLog, KafkaConfig, KafkaLog, LogBackend, Runtime};
+use keel::{
+    CommandError, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, LogBackend, Offset, Runtime,
+    SnapshotPolicy, SnapshotStore,
+};
 use keel_benches::Counter;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -270,6 +284,292 @@ fn print_table(results: &Results) {
     }
 }
 
+/// Aggregates of the activation bench, and the events each gets after its snapshot.
+const ACTIVATION_AGGREGATES: usize = 256;
+const TAIL_EVENTS: u64 = 99;
+/// Snapshots every 100 events and never on the way out: 199 events leave a snapshot at
+/// 100 and 99 events after it.
+const ACTIVATION_SNAPSHOTS: SnapshotPolicy = SnapshotPolicy {
+    every_events: 100,
+    on_passivation: false,
+    after_long_replay: false,
+};
+
+/// Latencies of the activation bench, by variant.
+type Latencies = Arc<Mutex<BTreeMap<&'static str, Histogram<u64>>>>;
+
+fn record_latency(latencies: &Latencies, what: &'static str, micros: u64) {
+    latencies
+        .lock()
+        .expect("latencies")
+        .entry(what)
+        .or_insert_with(|| Measured::new().latency)
+        .saturating_record(micros);
+}
+
+/// A runtime on the activation topics that keeps at most a few aggregates live, so that the
+/// next activation of each replays its tail again.
+async fn activation_runtime(log: Arc<KafkaLog>, app: &str, tail: bool) -> Runtime {
+    let mut builder = Runtime::builder()
+        .backend(log)
+        .app_id(app)
+        .snapshots(ACTIVATION_SNAPSHOTS)
+        .max_live_actors(8);
+    if !tail {
+        builder = builder.tail_cache_bytes(0);
+    }
+    builder.start().await.expect("runtime")
+}
+
+fn bench_activation(c: &mut Criterion, bootstrap: &str, latencies: &Latencies) {
+    let rt = tokio();
+    let prefix = unique_prefix();
+    let app = format!("{prefix}.act");
+    let ids: Arc<Vec<String>> = Arc::new(
+        (0..ACTIVATION_AGGREGATES)
+            .map(|i| format!("a{i}"))
+            .collect(),
+    );
+    // The history: every aggregate 199 events, all aggregates at once so they interleave.
+    let tails: Arc<Vec<(u32, Vec<Offset>)>> = rt.block_on(async {
+        let log = Arc::new(open_log(bootstrap, &app).await);
+        let runtime = Runtime::builder()
+            .backend(log.clone())
+            .app_id(&app)
+            .snapshots(ACTIVATION_SNAPSHOTS)
+            .start()
+            .await
+            .expect("runtime");
+        let counters = runtime.aggregate::<Counter>();
+        let writers: Vec<_> = ids
+            .iter()
+            .cloned()
+            .map(|id| {
+                let counters = counters.clone();
+                tokio::spawn(async move {
+                    let mut partition = 0;
+                    let mut tail = Vec::new();
+                    for seq in 1..=100 + TAIL_EVENTS {
+                        let done = counters.send(&id, ()).await.expect("command");
+                        let position = done.position.expect("an event");
+                        partition = position.partition;
+                        if seq > 100 {
+                            tail.push(position.offset);
+                        }
+                    }
+                    (partition, tail)
+                })
+            })
+            .collect();
+        let mut tails = Vec::new();
+        for writer in writers {
+            tails.push(writer.await.expect("writer"));
+        }
+        // A crash: no snapshot on the way out, so the events after the snapshots stay.
+        runtime.abort().await;
+        Arc::new(tails)
+    });
+    eprintln!(
+        "activation bench: {ACTIVATION_AGGREGATES} aggregates, each a snapshot plus \
+         {TAIL_EVENTS} interleaved events"
+    );
+    let mut group = c.benchmark_group("activation");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    for (what, tail) in [("tail", true), ("no_tail", false)] {
+        let log = Arc::new(rt.block_on(open_log(bootstrap, &app)));
+        let runtime = rt.block_on(activation_runtime(log.clone(), &app, tail));
+        let counters = runtime.aggregate::<Counter>();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        group.bench_function(what, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let counters = counters.clone();
+                let ids = ids.clone();
+                let next = next.clone();
+                let latencies = latencies.clone();
+                async move {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let id = &ids[i % ids.len()];
+                        let sent = Instant::now();
+                        let count = counters.query(id, |s| s.count).await.expect("query");
+                        record_latency(&latencies, what, sent.elapsed().as_micros() as u64);
+                        assert_eq!(count, 100 + TAIL_EVENTS, "activated with the whole history");
+                    }
+                    started.elapsed()
+                }
+            })
+        });
+        rt.block_on(async {
+            runtime.abort().await;
+            log.close().await.expect("close");
+        });
+    }
+    // The old way: the snapshot, then one read per event (each of another aggregate's
+    // neighbours, so no two are adjacent).
+    let log = Arc::new(rt.block_on(open_log(bootstrap, &app)));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    group.bench_function("per_event_reads", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let log = log.clone();
+            let ids = ids.clone();
+            let tails = tails.clone();
+            let next = next.clone();
+            let latencies = latencies.clone();
+            async move {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ids.len();
+                    let (partition, offsets) = &tails[i];
+                    let sent = Instant::now();
+                    let snapshot = log
+                        .load_snapshot(*partition, format!("Counter/{}", ids[i]))
+                        .await
+                        .expect("snapshot");
+                    assert!(snapshot.is_some());
+                    for &offset in offsets {
+                        let records = log
+                            .read(*partition, offset, 1, Duration::ZERO)
+                            .await
+                            .expect("read");
+                        assert_eq!(records.len(), 1);
+                    }
+                    record_latency(
+                        &latencies,
+                        "per_event_reads",
+                        sent.elapsed().as_micros() as u64,
+                    );
+                }
+                started.elapsed()
+            }
+        })
+    });
+    group.finish();
+    rt.block_on(async { log.close().await.expect("close") });
+}
+
+/// Live aggregates on the partition handed over.
+const HANDOFF_AGGREGATES: usize = 10_000;
+
+/// One handoff; prints the time the old owner took to let go, and the time until the new
+/// owner served a command. Returns (leave, served).
+fn handoff(bootstrap: &str) -> (Duration, Duration) {
+    let rt = tokio();
+    rt.block_on(async {
+        let prefix = unique_prefix();
+        let app = format!("{prefix}.handoff");
+        let open = || async {
+            Arc::new(
+                KafkaConfig::new(bootstrap)
+                    .app_id(&app)
+                    .topic_prefix(&app)
+                    .partitions(1)
+                    .linger(LINGER)
+                    .open()
+                    .await
+                    .expect("open the kafka log"),
+            )
+        };
+        let instance = |log: Arc<KafkaLog>, endpoint: &'static str| {
+            let app = app.clone();
+            async move {
+                let runtime = Runtime::builder()
+                    .backend(log.clone())
+                    .app_id(&app)
+                    .owned_partitions(vec![])
+                    .max_live_actors(2 * HANDOFF_AGGREGATES)
+                    .start()
+                    .await
+                    .expect("runtime");
+                let ownership = KafkaOwnership::join(&runtime, log, endpoint).expect("join");
+                (runtime, ownership)
+            }
+        };
+        let (a, a_member) = instance(open().await, "node-a").await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while a.owned_partitions().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the first instance never got the partition"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let counters = a.aggregate::<Counter>();
+        let ids: Vec<String> = (0..HANDOFF_AGGREGATES).map(|i| format!("h{i}")).collect();
+        for chunk in ids.chunks(512) {
+            let sends = chunk.iter().map(|id| counters.send(id, ()));
+            for done in futures::future::join_all(sends).await {
+                done.expect("command");
+            }
+        }
+        assert!(a.live_actors() >= HANDOFF_AGGREGATES);
+        let (b, b_member) = instance(open().await, "node-b").await;
+        // Let the second member join (it gets nothing: one partition, sticky assignment).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(b.owned_partitions().is_empty());
+        let started = Instant::now();
+        a_member.leave().await;
+        let left = started.elapsed();
+        let b_counters = b.aggregate::<Counter>();
+        loop {
+            match b_counters.send(&ids[HANDOFF_AGGREGATES / 2], ()).await {
+                Ok(done) => {
+                    assert_eq!(done.seq, 2, "served from the old owner's snapshot");
+                    break;
+                }
+                Err(e) if e.not_owner().is_some() || e.is_retryable() => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "no handoff: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e @ CommandError::Storage { .. }) => panic!("handoff: {e}"),
+                Err(e) => panic!("handoff: {e}"),
+            }
+        }
+        let served = started.elapsed();
+        eprintln!(
+            "handoff of a partition with {HANDOFF_AGGREGATES} live aggregates: the old owner \
+             let go in {left:?}; the new owner served a command {served:?} after the leave began"
+        );
+        b_member.leave().await;
+        b.shutdown().await.expect("shutdown");
+        a.shutdown().await.expect("shutdown");
+        (left, served)
+    })
+}
+
+fn print_activation(latencies: &Latencies, handoff: Option<(Duration, Duration)>) {
+    let latencies = latencies.lock().expect("latencies");
+    println!();
+    println!("activation of an aggregate with a snapshot plus {TAIL_EVENTS} events, on KafkaLog");
+    println!(
+        "{:>16} | {:>8} | {:>8} | {:>8} | {:>8}",
+        "path", "samples", "p50 ms", "p99 ms", "max ms"
+    );
+    for (what, histogram) in latencies.iter() {
+        println!(
+            "{what:>16} | {:>8} | {:>8.2} | {:>8.2} | {:>8.2}",
+            histogram.len(),
+            histogram.value_at_quantile(0.5) as f64 / 1000.0,
+            histogram.value_at_quantile(0.99) as f64 / 1000.0,
+            histogram.max() as f64 / 1000.0,
+        );
+    }
+    if let Some((left, served)) = handoff {
+        println!();
+        println!(
+            "handoff of a partition with {HANDOFF_AGGREGATES} live aggregates: old owner let \
+             go in {:.0} ms; new owner served a command after {:.0} ms",
+            left.as_secs_f64() * 1000.0,
+            served.as_secs_f64() * 1000.0
+        );
+    }
+}
+
 fn main() {
     let bootstrap = match std::env::var("KEEL_KAFKA_BOOTSTRAP") {
         Ok(b) if !b.trim().is_empty() => b,
@@ -282,8 +582,17 @@ fn main() {
         }
     };
     let results: Results = Arc::default();
+    let latencies: Latencies = Arc::default();
     let mut criterion = Criterion::default().configure_from_args();
-    bench_kafka(&mut criterion, &bootstrap, &results);
+    let only = std::env::var("KEEL_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "commands" {
+        bench_kafka(&mut criterion, &bootstrap, &results);
+    }
+    if only.is_empty() || only == "activation" {
+        bench_activation(&mut criterion, &bootstrap, &latencies);
+    }
+    let handoff = (only.is_empty() || only == "handoff").then(|| handoff(&bootstrap));
     criterion.final_summary();
     print_table(&results);
+    print_activation(&latencies, handoff);
 }

@@ -57,6 +57,13 @@ pub struct RuntimeConfig {
     /// committed offsets `offsets.retention.minutes` — 7 days by default — after their last
     /// commit). Default = 1 h.
     pub checkpoint_refresh: Duration,
+    /// The bytes of event values the runtime keeps in memory, over all its partitions, so
+    /// that activations replay without reading the log (the partition *tails*: the events no
+    /// snapshot covers yet, from the recovery scan and this instance's own appends). When
+    /// full, a partition's lowest offsets are evicted first; an activation that needs evicted
+    /// events reads them in one sequential pass per partition, shared by every activation
+    /// waiting. 0 turns the tails off. Default = 64 MiB.
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -73,6 +80,7 @@ impl Default for RuntimeConfig {
             dedup_window: 128,
             maintenance_interval: Duration::from_secs(1),
             checkpoint_refresh: Duration::from_secs(3600),
+            tail_cache_bytes: 64 << 20,
         }
     }
 }

@@ -369,6 +369,13 @@ async fn execute<A: Aggregate>(
     }
     let partition = args.partition.partition;
     let count = records.len() as u64;
+    // The values the tail keeps once the append is acknowledged (committed, with
+    // transactions): copied now, because the append consumes the records.
+    let tail_values: Vec<Arc<[u8]>> = if args.partition.tail_enabled() {
+        records.iter().map(|r| Arc::from(&r.value[..])).collect()
+    } else {
+        Vec::new()
+    };
     // Whatever this append writes lands at or above the end known now.
     // Until the append is recorded, the key is "uncertain" from the end known now: the
     // checkpoint cannot pass the records while they are in flight, and if the append fails
@@ -390,7 +397,8 @@ async fn execute<A: Aggregate>(
             live.state.apply(event);
         }
     }));
-    args.partition.commit_append(key, first..first + count);
+    args.partition
+        .commit_append(key, first..first + count, tail_values);
     if let Err(panic) = applied {
         return Err(CommandError::Panicked {
             aggregate: key.clone(),
@@ -544,58 +552,58 @@ fn restore<A: Aggregate>(bytes: &[u8], key: &str) -> Result<Restored<A>, String>
     Ok((state, env, recent))
 }
 
-/// Replays the events at `offsets` (ascending), reading contiguous runs in one call.
+/// Replays the events at `offsets` (ascending): from the partition's tail, and what it does
+/// not hold from one shared sequential read of the log (never one read per event).
 async fn replay_offsets<A: Aggregate>(
     live: &mut Live<A>,
     args: &AggregateArgs,
     offsets: &[Offset],
 ) -> Result<u64, ActivationFailure> {
+    if offsets.is_empty() {
+        return Ok(0);
+    }
     let partition = args.partition.partition;
+    let cached = args.partition.tail_values(offsets);
+    let missing: Vec<Offset> = offsets
+        .iter()
+        .zip(&cached)
+        .filter(|(_, value)| value.is_none())
+        .map(|(offset, _)| *offset)
+        .collect();
+    let mut fetched = if missing.is_empty() {
+        Vec::new()
+    } else {
+        metrics::counter!(m::TAIL_MISSES, "aggregate" => A::TYPE).increment(missing.len() as u64);
+        args.partition
+            .read_missing(&args.shared.backend, missing)
+            .await
+            .map_err(ActivationFailure::Storage)?
+    }
+    .into_iter()
+    .peekable();
     let mut replayed = 0;
-    let mut i = 0;
-    while i < offsets.len() {
-        let start = offsets[i];
-        let mut run = 1;
-        while i + run < offsets.len() && offsets[i + run] == start + run as u64 && run < 1024 {
-            run += 1;
-        }
-        // A read may return fewer records than asked (what one fetch brought): read on from
-        // where it stopped; only a read that returns nothing means the offset is missing.
-        let mut next = start;
-        while next < start + run as u64 {
-            let want = (start + run as u64 - next) as usize;
-            let records = args
-                .shared
-                .backend
-                .read(partition, next, want, std::time::Duration::ZERO)
-                .await
-                .map_err(ActivationFailure::Storage)?;
-            if records.is_empty() {
-                return Err(ActivationFailure::Corrupt(DecodeError {
-                    what: "event".into(),
-                    location: at(
-                        &args.key,
-                        Position {
-                            partition,
-                            offset: next,
-                        },
-                    ),
-                    reason: "the recovery index names an offset the log does not return".into(),
-                }));
-            }
-            for record in records.iter().take(want) {
+    for (&offset, value) in offsets.iter().zip(cached) {
+        let position = Position { partition, offset };
+        match value {
+            Some(value) => replayed += apply_record(live, args, &value, position)?,
+            None => {
+                let Some(record) = fetched.next_if(|r| r.position.offset == offset) else {
+                    return Err(ActivationFailure::Corrupt(DecodeError {
+                        what: "event".into(),
+                        location: at(&args.key, position),
+                        reason: "the recovery index names an offset the log does not return".into(),
+                    }));
+                };
                 if record.key != args.key {
                     return Err(ActivationFailure::Corrupt(DecodeError {
                         what: "event".into(),
-                        location: at(&args.key, record.position),
+                        location: at(&args.key, position),
                         reason: format!("the log has key {:?} at this offset", record.key),
                     }));
                 }
-                replayed += apply_record(live, args, &record.value, record.position)?;
-                next = record.position.offset + 1;
+                replayed += apply_record(live, args, &record.value, position)?;
             }
         }
-        i += run;
     }
     Ok(replayed)
 }
@@ -610,7 +618,7 @@ async fn find_failed_appends(args: &AggregateArgs, floor: Offset) -> Result<(), 
         .await
         .map_err(ActivationFailure::Storage)?;
     let mut from = floor;
-    let mut found = Vec::new();
+    let mut found: Vec<(Offset, Vec<u8>)> = Vec::new();
     while from < end {
         let records = backend
             .read(partition, from, 4096, std::time::Duration::ZERO)
@@ -620,15 +628,16 @@ async fn find_failed_appends(args: &AggregateArgs, floor: Offset) -> Result<(), 
         from = last.position.offset + 1;
         found.extend(
             records
-                .iter()
+                .into_iter()
                 .filter(|r| r.key == args.key)
-                .map(|r| r.position.offset),
+                .map(|r| (r.position.offset, r.value)),
         );
     }
     if !found.is_empty() {
-        warn!(aggregate = %args.key, ?found, "records of a failed append are in the log");
+        let offsets: Vec<Offset> = found.iter().map(|(offset, _)| *offset).collect();
+        warn!(aggregate = %args.key, ?offsets, "records of a failed append are in the log");
     }
-    args.partition.record_found(&args.key, &found);
+    args.partition.record_found(&args.key, found);
     args.partition.resolve_uncertain(&args.key);
     Ok(())
 }

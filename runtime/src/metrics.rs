@@ -12,6 +12,9 @@ pub const LIVE_ACTORS: &str = "keel_live_actors";
 pub const ACTIVATIONS: &str = "keel_activations_total";
 /// Events replayed by activations, labelled `aggregate`.
 pub const EVENTS_REPLAYED: &str = "keel_events_replayed_total";
+/// Events an activation needed that the partition's in-memory tail did not hold (read from
+/// the log instead), labelled `aggregate`.
+pub const TAIL_MISSES: &str = "keel_tail_misses_total";
 /// Passivations, labelled `reason` (idle, capacity, shutdown).
 pub const PASSIVATIONS: &str = "keel_passivations_total";
 /// Snapshots written, labelled `aggregate`.

@@ -13,8 +13,8 @@
 //!   transactional producer is created first, fencing the previous owner
 //!   ([`KafkaLog::acquire_partition`]); then the snapshot cache is refreshed (another
 //!   instance may have written snapshots meanwhile) and the shards recover from the
-//!   partition checkpoint. The consumer is paused on them: it exists for membership, not to
-//!   read events.
+//!   partition checkpoint — all assigned partitions at once, not one after another. The
+//!   consumer is paused on them: it exists for membership, not to read events.
 //! - **Who owns what.** After recovering a partition, the new owner writes its endpoint to the
 //!   compacted topic `{prefix}.owners` (key = partition); every instance reads it every few
 //!   seconds, so a `NotOwner` error names where the partition is served. (The group's own
@@ -102,11 +102,12 @@ impl ConsumerContext for OwnershipContext {
                 // mode, their producers commit and stop.
                 self.tokio.block_on(async {
                     self.runtime.revoke(&partitions, None).await;
-                    for &partition in &partitions {
+                    let released = partitions.iter().map(|&partition| async move {
                         if let Err(e) = self.log.release_partition(partition).await {
                             warn!(partition, error = %e, "cannot release the partition's producer");
                         }
-                    }
+                    });
+                    futures::future::join_all(released).await;
                 });
             }
             Rebalance::Error(e) => warn!(error = %e, "consumer group rebalance failed"),
@@ -125,31 +126,32 @@ impl ConsumerContext for OwnershipContext {
                 warn!(error = %e, "cannot pause the membership consumer");
             }
             info!(?partitions, "partitions assigned; recovering them");
-            // Each partition on its own, with a few retries: one that cannot be prepared must
-            // not leave the others unserved.
-            let served: Vec<u32> = partitions
-                .iter()
-                .copied()
-                .filter(|&partition| {
-                    self.tokio.block_on(async {
-                        let mut attempt = 0u32;
-                        loop {
-                            match self.prepare(partition).await {
-                                Ok(()) => return true,
-                                Err(e) if attempt < 3 => {
-                                    attempt += 1;
-                                    warn!(partition, error = %e, attempt, "cannot prepare an assigned partition; retrying");
-                                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
-                                }
-                                Err(e) => {
-                                    warn!(partition, error = %e, "cannot serve an assigned partition until the next rebalance");
-                                    return false;
-                                }
+            // All partitions at once, each on its own with a few retries: one that cannot be
+            // prepared must not leave the others unserved.
+            let served: Vec<u32> = self.tokio.block_on(async {
+                let prepared = partitions.iter().map(|&partition| async move {
+                    let mut attempt = 0u32;
+                    loop {
+                        match self.prepare(partition).await {
+                            Ok(()) => return Some(partition),
+                            Err(e) if attempt < 3 => {
+                                attempt += 1;
+                                warn!(partition, error = %e, attempt, "cannot prepare an assigned partition; retrying");
+                                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                            }
+                            Err(e) => {
+                                warn!(partition, error = %e, "cannot serve an assigned partition until the next rebalance");
+                                return None;
                             }
                         }
-                    })
-                })
-                .collect();
+                    }
+                });
+                futures::future::join_all(prepared)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            });
             if served.is_empty() {
                 return;
             }

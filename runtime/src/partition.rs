@@ -6,17 +6,107 @@
 //! no scan. The **checkpoint** is the lowest offset in the index (or the partition's end when
 //! the index is empty): every event below it is covered by its aggregate's snapshot, so a
 //! restart scans the partition from the checkpoint, never from the beginning.
+//!
+//! The **tail** keeps the encoded values of those uncovered events in memory, by offset, so
+//! an activation replays without reading the log. Every event an activation replays is an
+//! uncovered one (the snapshot covers the rest), and every uncovered event is at or above the
+//! checkpoint, where the shard's recovery scan reads it, or was appended since by this
+//! instance, which owns the partition and so writes everything appended to it. The tail is
+//! filled from exactly those two sources and loses an entry when a snapshot covers it; its
+//! bytes count against one budget per runtime ([`TailBudget`]), and when it is full the
+//! lowest offsets are evicted first. It only ever holds records the backend acknowledged
+//! (for transactional Kafka: committed), and it lives and dies with the shard, so a revoked
+//! or lost partition keeps nothing.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::log::Offset;
+use tokio::sync::oneshot;
+
+use crate::error::StorageError;
+use crate::log::{LogBackend, Offset, StoredRecord};
+
+/// The most records one read of the tail reader asks for.
+const REFILL_READ_BATCH: usize = 4096;
+
+/// A stretch of offsets without a wanted event longer than this is skipped by re-positioning
+/// the tail reader instead of reading through it.
+const REFILL_MAX_GAP: Offset = 4096;
+
+/// What one tail entry is charged beyond its value's bytes: the map node and the
+/// reference-counted allocation, roughly.
+const TAIL_ENTRY_OVERHEAD: usize = 64;
+
+/// The byte budget every partition tail of one runtime shares
+/// ([`RuntimeConfig::tail_cache_bytes`](crate::RuntimeConfig::tail_cache_bytes)).
+#[derive(Debug)]
+pub(crate) struct TailBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl TailBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        TailBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether tails keep anything at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.limit > 0
+    }
+
+    /// The bytes the tails of the runtime hold now.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
 
 /// Shared by a shard and its aggregate actors. A std `Mutex`, not a tokio one: it guards
 /// a few map operations and is never held across an `.await`.
 pub(crate) struct PartitionState {
     pub(crate) partition: u32,
     index: Mutex<RecoveryIndex>,
+    budget: Arc<TailBudget>,
+    /// Activations waiting for events the tail does not hold, and whether the tail reader is
+    /// running.
+    refill: Mutex<Refill>,
+}
+
+/// Events wanted from the log by activations, served by one sequential read at a time.
+#[derive(Default)]
+struct Refill {
+    running: bool,
+    waiting: Vec<(Vec<Offset>, RefillReply)>,
+}
+
+type RefillReply = oneshot::Sender<Result<Vec<StoredRecord>, StorageError>>;
+
+/// Marks the tail reader stopped however its task ends (a panic included): the activations
+/// still waiting then get an error instead of waiting for good.
+struct RefillRunning {
+    part: Arc<PartitionState>,
+    /// Set when the reader stopped because nothing was left to read.
+    finished: bool,
+}
+
+impl Drop for RefillRunning {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut refill = lock(&self.part.refill);
+            refill.running = false;
+            refill.waiting.clear();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only plain container operations happen under these locks.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Default)]
@@ -29,9 +119,57 @@ struct RecoveryIndex {
     /// broker restart): the failed records, if written, are at or above this offset. The
     /// next activation of such a key scans from there before replaying.
     uncertain: HashMap<String, Offset>,
+    /// The values of uncovered events, by offset (the tail).
+    tail: BTreeMap<Offset, Arc<[u8]>>,
+    /// The bytes `tail` is charged against the budget.
+    tail_bytes: usize,
+}
+
+fn tail_cost(value: &[u8]) -> usize {
+    value.len() + TAIL_ENTRY_OVERHEAD
 }
 
 impl RecoveryIndex {
+    /// Keeps `value`, the event at `offset`, in the tail; evicts the lowest offsets of this
+    /// tail while the runtime's tails are over budget (the new entry too, when this tail has
+    /// nothing else left to give).
+    fn cache(&mut self, budget: &TailBudget, offset: Offset, value: Arc<[u8]>) {
+        let cost = tail_cost(&value);
+        if cost > budget.limit {
+            return;
+        }
+        if let Some(old) = self.tail.insert(offset, value) {
+            self.release(budget, tail_cost(&old));
+        }
+        self.tail_bytes += cost;
+        let mut used = budget.used.fetch_add(cost, Ordering::Relaxed) + cost;
+        while used > budget.limit {
+            let Some((_, evicted)) = self.tail.pop_first() else {
+                break;
+            };
+            let freed = tail_cost(&evicted);
+            self.release(budget, freed);
+            used = budget.used.load(Ordering::Relaxed);
+        }
+    }
+
+    fn uncache(&mut self, budget: &TailBudget, offset: Offset) {
+        if let Some(value) = self.tail.remove(&offset) {
+            self.release(budget, tail_cost(&value));
+        }
+    }
+
+    fn release(&mut self, budget: &TailBudget, bytes: usize) {
+        self.tail_bytes -= bytes;
+        budget.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn clear_tail(&mut self, budget: &TailBudget) {
+        self.tail.clear();
+        budget.used.fetch_sub(self.tail_bytes, Ordering::Relaxed);
+        self.tail_bytes = 0;
+    }
+
     fn record(&mut self, key: &str, offsets: impl IntoIterator<Item = Offset>) {
         let mut offsets = offsets.into_iter().peekable();
         if offsets.peek().is_none() {
@@ -52,42 +190,127 @@ impl RecoveryIndex {
     }
 }
 
+impl Drop for PartitionState {
+    fn drop(&mut self) {
+        let budget = self.budget.clone();
+        self.lock().clear_tail(&budget);
+    }
+}
+
 impl PartitionState {
-    pub(crate) fn new(partition: u32, end: Offset) -> Self {
+    pub(crate) fn new(partition: u32, end: Offset, budget: Arc<TailBudget>) -> Self {
         PartitionState {
             partition,
             index: Mutex::new(RecoveryIndex {
                 uncovered: HashMap::new(),
                 end,
                 uncertain: HashMap::new(),
+                tail: BTreeMap::new(),
+                tail_bytes: 0,
             }),
+            budget,
+            refill: Mutex::new(Refill::default()),
         }
+    }
+
+    /// Reads the events at `offsets` (ascending) that the tail does not hold from the log.
+    /// One reader per partition serves every activation waiting: it reads the union of
+    /// what they want in one sequential pass (skipping long stretches with nothing wanted),
+    /// and what is asked while it reads is served by its next pass. Returns the records
+    /// found, ascending; an offset the log does not return is left out.
+    pub(crate) async fn read_missing(
+        self: &Arc<Self>,
+        backend: &Arc<dyn LogBackend>,
+        offsets: Vec<Offset>,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut refill = lock(&self.refill);
+            refill.waiting.push((offsets, reply));
+            !std::mem::replace(&mut refill.running, true)
+        };
+        if start {
+            // A task of its own: a cancelled activation must not stop the reads of others.
+            let running = RefillRunning {
+                part: self.clone(),
+                finished: false,
+            };
+            tokio::spawn(refill_loop(running, backend.clone()));
+        }
+        answer
+            .await
+            .map_err(|_| StorageError::Closed("the partition's tail reader stopped".into()))?
+    }
+
+    /// Whether the tail keeps anything (a zero budget turns it off).
+    pub(crate) fn tail_enabled(&self) -> bool {
+        self.budget.enabled()
+    }
+
+    /// Records the event of `key` at `offset`, not covered by a snapshot, and keeps its value
+    /// in the tail: the recovery scan's path.
+    pub(crate) fn record_value(&self, key: &str, offset: Offset, value: Vec<u8>) {
+        let mut index = self.lock();
+        index.record(key, [offset]);
+        if self.budget.enabled() {
+            index.cache(&self.budget, offset, value.into());
+        }
+    }
+
+    /// The tail's values of the events at `offsets`, `None` for those it does not hold.
+    pub(crate) fn tail_values(&self, offsets: &[Offset]) -> Vec<Option<Arc<[u8]>>> {
+        let index = self.lock();
+        offsets
+            .iter()
+            .map(|offset| index.tail.get(offset).cloned())
+            .collect()
+    }
+
+    /// Drops the whole tail (the partition is being given up).
+    pub(crate) fn drop_tail(&self) {
+        self.lock().clear_tail(&self.budget);
+    }
+
+    /// How many events the tail holds.
+    #[cfg(test)]
+    pub(crate) fn tail_len(&self) -> usize {
+        self.lock().tail.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RecoveryIndex> {
         // Every critical section below leaves the index consistent at each step, so a
         // panic elsewhere that poisoned the lock left nothing half-done.
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.index)
     }
 
     /// Records events of `key` at `offsets` (ascending), not yet covered by a snapshot.
+    #[cfg(test)]
     pub(crate) fn record(&self, key: &str, offsets: impl IntoIterator<Item = Offset>) {
         self.lock().record(key, offsets);
     }
 
-    /// Records events of `key` found by scanning the log: merged with what the index already
-    /// has, without duplicates.
-    pub(crate) fn record_found(&self, key: &str, found: &[Offset]) {
+    /// Records events of `key` found by scanning the log (with their values): merged with
+    /// what the index already has, without duplicates.
+    pub(crate) fn record_found(&self, key: &str, found: Vec<(Offset, Vec<u8>)>) {
         if found.is_empty() {
             return;
         }
         let mut index = self.lock();
         let entry = index.uncovered.entry(key.to_owned()).or_default();
-        entry.extend_from_slice(found);
+        entry.extend(found.iter().map(|(offset, _)| *offset));
         entry.sort_unstable();
         entry.dedup();
-        let last = found.iter().copied().max().unwrap_or_default();
+        let last = found
+            .iter()
+            .map(|(offset, _)| *offset)
+            .max()
+            .unwrap_or_default();
         index.end = index.end.max(last + 1);
+        if self.budget.enabled() {
+            for (offset, value) in found {
+                index.cache(&self.budget, offset, value.into());
+            }
+        }
     }
 
     /// An append of `key` starts: whatever it writes lands at or above the end known now.
@@ -102,10 +325,19 @@ impl PartitionState {
     }
 
     /// The append of `key` begun last is durable at `offsets`: record them, in the same
-    /// critical section that clears the uncertainty.
-    pub(crate) fn commit_append(&self, key: &str, offsets: std::ops::Range<Offset>) {
+    /// critical section that clears the uncertainty, and keep their `values` (one per
+    /// offset, or none when the tail is off) in the tail.
+    pub(crate) fn commit_append(
+        &self,
+        key: &str,
+        offsets: std::ops::Range<Offset>,
+        values: Vec<Arc<[u8]>>,
+    ) {
         let mut index = self.lock();
         index.uncertain.remove(key);
+        for (offset, value) in offsets.clone().zip(values) {
+            index.cache(&self.budget, offset, value);
+        }
         index.record(key, offsets);
     }
 
@@ -122,11 +354,22 @@ impl PartitionState {
     /// A snapshot of `key` now covers every event up to and including `offset`.
     pub(crate) fn covered(&self, key: &str, offset: Offset) {
         let mut index = self.lock();
-        if let Some(offsets) = index.uncovered.get_mut(key) {
-            offsets.retain(|o| *o > offset);
-            if offsets.is_empty() {
-                index.uncovered.remove(key);
+        let Some(offsets) = index.uncovered.get_mut(key) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        offsets.retain(|o| {
+            let keep = *o > offset;
+            if !keep {
+                dropped.push(*o);
             }
+            keep
+        });
+        if offsets.is_empty() {
+            index.uncovered.remove(key);
+        }
+        for offset in dropped {
+            index.uncache(&self.budget, offset);
         }
     }
 
@@ -178,24 +421,102 @@ impl PartitionState {
             .collect()
     }
 
-    /// Keys with uncovered events (used after recovery to check them against snapshots).
-    pub(crate) fn uncovered_keys(&self) -> Vec<String> {
-        self.lock().uncovered.keys().cloned().collect()
-    }
-
     /// How many uncovered events the index holds.
     pub(crate) fn uncovered_events(&self) -> usize {
         self.lock().uncovered.values().map(Vec::len).sum()
     }
 }
 
+/// The tail reader of one partition: serves the waiting activations, pass after pass, until
+/// none is left.
+async fn refill_loop(mut running: RefillRunning, backend: Arc<dyn LogBackend>) {
+    let part = running.part.clone();
+    loop {
+        let batch = {
+            let mut refill = lock(&part.refill);
+            if refill.waiting.is_empty() {
+                refill.running = false;
+                running.finished = true;
+                return;
+            }
+            std::mem::take(&mut refill.waiting)
+        };
+        let mut wanted: Vec<Offset> = batch
+            .iter()
+            .flat_map(|(offsets, _)| offsets.iter().copied())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        match read_wanted(&*backend, part.partition, &wanted).await {
+            Ok(mut found) => {
+                for (offsets, reply) in batch {
+                    // Two activations of one key never run at once, so no offset is wanted
+                    // twice: each record moves to its one activation.
+                    let records = offsets.iter().filter_map(|o| found.remove(o)).collect();
+                    let _ = reply.send(Ok(records));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One sequential pass over the partition from the first to the last of `wanted`
+/// (ascending, non-empty): the records at those offsets.
+async fn read_wanted(
+    backend: &dyn LogBackend,
+    partition: u32,
+    wanted: &[Offset],
+) -> Result<HashMap<Offset, StoredRecord>, StorageError> {
+    let mut found = HashMap::with_capacity(wanted.len());
+    let Some(&last_wanted) = wanted.last() else {
+        return Ok(found);
+    };
+    let mut next = 0;
+    let mut from = wanted[0];
+    while next < wanted.len() {
+        if wanted[next] > from + REFILL_MAX_GAP {
+            from = wanted[next];
+        }
+        // Offsets are at least one per record, so this many records reach the last wanted.
+        let max = (last_wanted - from + 1).min(REFILL_READ_BATCH as Offset) as usize;
+        let records = backend
+            .read(partition, from, max, std::time::Duration::ZERO)
+            .await?;
+        let Some(last) = records.last() else { break };
+        from = last.position.offset + 1;
+        for record in records {
+            let offset = record.position.offset;
+            while next < wanted.len() && wanted[next] < offset {
+                next += 1; // not in the log: the activation reports it
+            }
+            if next < wanted.len() && wanted[next] == offset {
+                found.insert(offset, record);
+                next += 1;
+            }
+        }
+        while next < wanted.len() && wanted[next] < from {
+            next += 1;
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn budget() -> Arc<TailBudget> {
+        Arc::new(TailBudget::new(1 << 20))
+    }
+
     #[test]
     fn checkpoint_is_the_lowest_uncovered_offset() {
-        let p = PartitionState::new(0, 10);
+        let p = PartitionState::new(0, 10, budget());
         assert_eq!(p.checkpoint(), 10);
         p.record("A/1", [10, 12]);
         p.record("A/2", [11, 13]);
@@ -210,19 +531,70 @@ mod tests {
 
     #[test]
     fn an_uncertain_append_holds_the_checkpoint_until_resolved() {
-        let p = PartitionState::new(0, 0);
+        let p = PartitionState::new(0, 0, budget());
         p.record("A/1", [0, 1]);
         p.covered("A/1", 1);
         p.begin_append("A/2");
         p.record("A/3", [3]);
         p.covered("A/3", 3);
         assert_eq!(p.checkpoint(), 2);
-        p.record_found("A/2", &[2]);
-        p.record_found("A/2", &[2]);
+        p.record_found("A/2", vec![(2, vec![2])]);
+        p.record_found("A/2", vec![(2, vec![2])]);
         p.resolve_uncertain("A/2");
         assert_eq!(p.offsets_after("A/2", None), vec![2]);
         assert_eq!(p.checkpoint(), 2);
         p.covered("A/2", 2);
         assert_eq!(p.checkpoint(), 4);
+    }
+
+    #[test]
+    fn the_tail_keeps_uncovered_values_and_forgets_covered_ones() {
+        let budget = budget();
+        let p = PartitionState::new(0, 0, budget.clone());
+        p.record_value("A/1", 0, vec![0; 10]);
+        p.record_value("A/2", 1, vec![1; 10]);
+        p.commit_append("A/1", 2..4, vec![vec![2; 10].into(), vec![3; 10].into()]);
+        assert_eq!(p.tail_len(), 4);
+        assert_eq!(budget.used(), 4 * (10 + TAIL_ENTRY_OVERHEAD));
+        let values = p.tail_values(&[0, 2, 3, 9]);
+        assert_eq!(values[1].as_deref(), Some(&[2u8; 10][..]));
+        assert!(values[3].is_none());
+        p.covered("A/1", 2);
+        assert_eq!(p.tail_len(), 2);
+        assert!(p.tail_values(&[0, 2])[0].is_none());
+        assert_eq!(budget.used(), 2 * (10 + TAIL_ENTRY_OVERHEAD));
+        drop(p);
+        assert_eq!(budget.used(), 0, "a dropped partition gives its bytes back");
+    }
+
+    #[test]
+    fn a_full_budget_evicts_the_lowest_offsets_across_partitions() {
+        let entry = 100 + TAIL_ENTRY_OVERHEAD;
+        let budget = Arc::new(TailBudget::new(3 * entry));
+        let p = PartitionState::new(0, 0, budget.clone());
+        let q = PartitionState::new(1, 0, budget.clone());
+        for offset in 0..5 {
+            p.record_value("A/1", offset, vec![0; 100]);
+        }
+        assert_eq!(p.tail_len(), 3);
+        assert!(
+            p.tail_values(&[0, 1, 2, 3, 4])[..2]
+                .iter()
+                .all(Option::is_none)
+        );
+        assert_eq!(budget.used(), 3 * entry);
+        // Another partition's tail cannot take more than the budget either.
+        q.record_value("A/2", 0, vec![0; 100]);
+        assert_eq!(q.tail_len(), 0);
+        assert!(budget.used() <= 3 * entry);
+        // The index itself is never evicted.
+        assert_eq!(p.offsets_after("A/1", None), vec![0, 1, 2, 3, 4]);
+        p.drop_tail();
+        assert_eq!(budget.used(), 0);
+        q.record_value("A/2", 1, vec![0; 100]);
+        assert_eq!(q.tail_len(), 1);
+        // Bigger than the whole budget: never kept.
+        q.record_value("A/2", 2, vec![0; 4 * entry]);
+        assert_eq!(q.tail_len(), 1);
     }
 }

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::handle::AggregateHandle;
 use crate::log::LogBackend;
 use crate::metrics as m;
+use crate::partition::TailBudget;
 use crate::shard::{AggregateType, LiveEntry, Shard, ShardArgs, ShardMsg};
 
 /// The aggregate runtime. Cheap to clone; every clone drives the same runtime.
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) aggregate_types: DashMap<&'static str, Arc<AggregateType>>,
     /// Tells callers where a partition this instance does not own lives.
     pub(crate) owner_of: DashMap<u32, String>,
+    /// The byte budget every partition tail shares.
+    pub(crate) tail_budget: Arc<TailBudget>,
 }
 
 /// A command or query admitted under `max_in_flight`; dropping it (once the request has been
@@ -400,6 +403,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The memory the partition tails may use, over all partitions. Default = 64 MiB.
+    pub fn tail_cache_bytes(mut self, bytes: usize) -> Self {
+        self.config.tail_cache_bytes = bytes;
+        self
+    }
+
     /// Serve only these partitions at start (default: all). Ownership integrations start
     /// with none and call [`Runtime::assign`].
     pub fn owned_partitions(mut self, partitions: Vec<u32>) -> Self {
@@ -426,6 +435,7 @@ impl RuntimeBuilder {
             types: DashMap::new(),
             aggregate_types: DashMap::new(),
             owner_of: DashMap::new(),
+            tail_budget: Arc::new(TailBudget::new(self.config.tail_cache_bytes)),
             config: self.config,
             backend,
         });

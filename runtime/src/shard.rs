@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::envelope::SnapshotEnvelope;
 use crate::error::Error;
-use crate::log::Offset;
+use crate::log::{LogBackend, Offset};
 use crate::metrics as m;
 use crate::partition::PartitionState;
 use crate::runtime::Shared;
@@ -161,6 +161,16 @@ impl Actor for Shard {
                 state.finish_stop_if_done(&myself).await;
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        // The partition is no longer this instance's: another may append to it now.
+        state.part.drop_tail();
         Ok(())
     }
 
@@ -352,8 +362,28 @@ impl ShardState {
     }
 }
 
-/// Rebuilds the recovery index of `partition`: events from the checkpoint to the end, minus
-/// what the latest snapshots cover.
+/// The offset up to which the latest snapshot of `key` covers its events, if it has a readable
+/// one.
+async fn snapshot_coverage(
+    backend: &Arc<dyn LogBackend>,
+    partition: u32,
+    key: &str,
+) -> Result<Option<Offset>, Error> {
+    let Some(bytes) = backend.load_snapshot(partition, key.to_owned()).await? else {
+        return Ok(None);
+    };
+    match SnapshotEnvelope::decode(&bytes, &format!("snapshot of {key}")) {
+        Ok(snapshot) => Ok(snapshot.covered_offset),
+        // Left uncovered: the aggregate will rebuild when activated.
+        Err(e) => {
+            warn!(aggregate = %key, error = %e, "unreadable snapshot during recovery");
+            Ok(None)
+        }
+    }
+}
+
+/// Rebuilds the recovery index and the tail of `partition`: events from the checkpoint to the
+/// end, minus what the latest snapshots cover.
 async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Offset), Error> {
     let span = info_span!(
         "recovery",
@@ -370,7 +400,10 @@ async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Off
             .await?
             .unwrap_or(0);
         let end = backend.end_offset(partition).await?;
-        let part = PartitionState::new(partition, checkpoint.max(end));
+        let part = PartitionState::new(partition, checkpoint.max(end), shared.tail_budget.clone());
+        // The coverage of each key's latest snapshot, looked up when the scan first meets the
+        // key: an event it covers is neither indexed nor kept in the tail.
+        let mut coverage: HashMap<String, Option<Offset>> = HashMap::new();
         let mut from = checkpoint;
         let mut scanned = 0u64;
         while from < end {
@@ -382,24 +415,19 @@ async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Off
             // cannot fetch records it knows of fails the read instead.
             let Some(last) = records.last() else { break };
             from = last.position.offset + 1;
-            for record in &records {
-                part.record(&record.key, [record.position.offset]);
-            }
             scanned += records.len() as u64;
-        }
-        for key in part.uncovered_keys() {
-            let Some(bytes) = backend.load_snapshot(partition, key.clone()).await? else {
-                continue;
-            };
-            match SnapshotEnvelope::decode(&bytes, &format!("snapshot of {key}")) {
-                Ok(snapshot) => {
-                    if let Some(covered) = snapshot.covered_offset {
-                        part.covered(&key, covered);
+            for record in records {
+                let covered = match coverage.get(&record.key) {
+                    Some(covered) => *covered,
+                    None => {
+                        let covered = snapshot_coverage(backend, partition, &record.key).await?;
+                        coverage.insert(record.key.clone(), covered);
+                        covered
                     }
-                }
-                // Left uncovered: the aggregate will rebuild when activated.
-                Err(e) => {
-                    warn!(aggregate = %key, error = %e, "unreadable snapshot during recovery")
+                };
+                let offset = record.position.offset;
+                if covered.is_none_or(|covered| offset > covered) {
+                    part.record_value(&record.key, offset, record.value);
                 }
             }
         }

@@ -1,0 +1,230 @@
+//! Activations replay from the partition's in-memory tail, not from the log: counted on a
+//! backend that tallies every read.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Account, AccountCommand as Cmd};
+use futures::future::BoxFuture;
+use keel::{
+    CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, Runtime, SnapshotPolicy,
+    SnapshotStore, StorageError, StoredRecord,
+};
+
+/// A [`MemoryLog`] that counts the reads of its events.
+struct CountingLog {
+    inner: MemoryLog,
+    reads: AtomicU64,
+}
+
+impl CountingLog {
+    fn new(partitions: u32) -> Arc<Self> {
+        Arc::new(CountingLog {
+            inner: MemoryLog::new(partitions),
+            reads: AtomicU64::new(0),
+        })
+    }
+
+    /// The reads since the last call.
+    fn take_reads(&self) -> u64 {
+        self.reads.swap(0, Ordering::SeqCst)
+    }
+}
+
+impl EventLog for CountingLog {
+    fn partition_count(&self) -> u32 {
+        self.inner.partition_count()
+    }
+    fn append(
+        &self,
+        partition: u32,
+        records: Vec<LogRecord>,
+    ) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        self.inner.append(partition, records)
+    }
+    fn read(
+        &self,
+        partition: u32,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read(partition, from, max, wait)
+    }
+    fn end_offset(&self, partition: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        self.inner.end_offset(partition)
+    }
+}
+
+impl SnapshotStore for CountingLog {
+    fn save_snapshot(
+        &self,
+        partition: u32,
+        key: String,
+        value: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.inner.save_snapshot(partition, key, value)
+    }
+    fn load_snapshot(
+        &self,
+        partition: u32,
+        key: String,
+    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
+        self.inner.load_snapshot(partition, key)
+    }
+}
+
+impl CheckpointStore for CountingLog {
+    fn load_checkpoint(
+        &self,
+        group: String,
+        partition: u32,
+    ) -> BoxFuture<'_, Result<Option<Offset>, StorageError>> {
+        self.inner.load_checkpoint(group, partition)
+    }
+    fn commit_checkpoint(
+        &self,
+        group: String,
+        partition: u32,
+        offset: Offset,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.inner.commit_checkpoint(group, partition, offset)
+    }
+}
+
+impl LogBackend for CountingLog {
+    fn describe(&self) -> String {
+        "counting memory".into()
+    }
+}
+
+/// Snapshots every 10 events and never on the way out, so aggregates keep a tail of events
+/// after their snapshot.
+const SNAPSHOT_EVERY_10: SnapshotPolicy = SnapshotPolicy {
+    every_events: 10,
+    on_passivation: false,
+    after_long_replay: false,
+};
+
+/// Deposits 1 to each of `ids`, round after round: their events interleave in the one
+/// partition, so no two events of one aggregate are adjacent.
+async fn interleaved(runtime: &Runtime, ids: &[&str], rounds: u32) {
+    let accounts = runtime.aggregate::<Account>();
+    for _ in 0..rounds {
+        for id in ids {
+            accounts.send(id, Cmd::Deposit(1)).await.unwrap();
+        }
+    }
+}
+
+async fn balance(runtime: &Runtime, id: &str) -> i64 {
+    runtime
+        .aggregate::<Account>()
+        .query(id, |s| s.balance)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn after_a_restart_an_activation_replays_its_tail_without_reading_the_log() {
+    let log = CountingLog::new(1);
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(SNAPSHOT_EVERY_10)
+        .start()
+        .await
+        .unwrap();
+    // 15 events each: a snapshot at 10, then 5 events after it.
+    interleaved(&runtime, &["a", "b", "c"], 15).await;
+    runtime.abort().await;
+
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(SNAPSHOT_EVERY_10)
+        .start()
+        .await
+        .unwrap();
+    assert!(log.take_reads() > 0, "the recovery scan reads the log");
+    for id in ["a", "b", "c"] {
+        assert_eq!(balance(&runtime, id).await, 15);
+    }
+    assert_eq!(
+        log.take_reads(),
+        0,
+        "activations were served by the tail the recovery scan filled"
+    );
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_passivation_an_activation_replays_its_own_appends_without_reading_the_log() {
+    let log = CountingLog::new(1);
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(SNAPSHOT_EVERY_10)
+        .idle_timeout(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    interleaved(&runtime, &["a", "b"], 17).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!runtime.is_live::<Account>("a"), "passivated when idle");
+    log.take_reads();
+    assert_eq!(balance(&runtime, "a").await, 17);
+    assert_eq!(balance(&runtime, "b").await, 17);
+    assert_eq!(log.take_reads(), 0, "activations were served by the tail");
+    runtime.shutdown().await.unwrap();
+}
+
+/// Restarts on `log` with a tail of `budget` bytes after 50 interleaved events each of
+/// `a` and `b` without any snapshot; activates both at once and returns the reads they took.
+async fn reads_to_activate_with_budget(budget: usize) -> u64 {
+    let no_snapshots = SnapshotPolicy {
+        every_events: 1000,
+        on_passivation: false,
+        after_long_replay: false,
+    };
+    let log = CountingLog::new(1);
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(no_snapshots)
+        .start()
+        .await
+        .unwrap();
+    interleaved(&runtime, &["a", "b"], 50).await;
+    runtime.abort().await;
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(no_snapshots)
+        .tail_cache_bytes(budget)
+        .start()
+        .await
+        .unwrap();
+    log.take_reads();
+    let (a, b) = tokio::join!(balance(&runtime, "a"), balance(&runtime, "b"));
+    assert_eq!((a, b), (50, 50));
+    let reads = log.take_reads();
+    runtime.shutdown().await.unwrap();
+    reads
+}
+
+#[tokio::test]
+async fn an_evicted_tail_is_read_back_in_one_pass_not_one_read_per_event() {
+    // Nothing fits: every event comes from the log, 50 per aggregate.
+    let reads = reads_to_activate_with_budget(0).await;
+    assert!(
+        reads <= 2,
+        "{reads} reads for 100 events: one sequential pass each at most"
+    );
+    // Part fits: the lowest offsets were evicted.
+    let reads = reads_to_activate_with_budget(8 << 10).await;
+    assert!(reads <= 2, "{reads} reads with a partly evicted tail");
+    // All fits.
+    assert_eq!(reads_to_activate_with_budget(1 << 20).await, 0);
+}
