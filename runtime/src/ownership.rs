@@ -15,11 +15,12 @@
 //!   instance may have written snapshots meanwhile) and the shards recover from the
 //!   partition checkpoint — all assigned partitions at once, not one after another. The
 //!   consumer is paused on them: it exists for membership, not to read events.
-//! - **Who owns what.** After recovering a partition, the new owner writes its endpoint to the
-//!   compacted topic `{prefix}.owners` (key = partition); every instance reads it every few
-//!   seconds, so a `NotOwner` error names where the partition is served. (The group's own
-//!   member metadata would be the natural place, but tansu serves neither ListGroups nor
-//!   DescribeGroups, and drops offset-commit metadata.)
+//! - **Who owns what.** Every member's `client.id` is its endpoint. Every few seconds each
+//!   instance asks the group coordinator for the group's members and their assignments
+//!   (DescribeGroups) and records, for each partition it does not own, the endpoint of the
+//!   member it is assigned to, so a `NotOwner` error names where the partition is served.
+//!   Nothing else is written anywhere: a member that dies drops out of the group after its
+//!   session timeout, so an entry is never stale for longer.
 //!
 //! The protocol is `cooperative-sticky`: a rebalance moves only the partitions that change
 //! owner, and the others keep serving throughout.
@@ -36,16 +37,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::topic_partition_list::TopicPartitionList;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, StorageError};
 use crate::log::kafka::KafkaLog;
 use crate::runtime::Runtime;
 
-/// How often the owners of other partitions are looked up again.
+/// How often the owners of other partitions are looked up again (DescribeGroups).
 const OWNERS_REFRESH: Duration = Duration::from_secs(2);
 
 /// Membership of this instance in its application's consumer group. Dropping it without
@@ -61,7 +61,6 @@ struct OwnershipContext {
     runtime: Runtime,
     log: Arc<KafkaLog>,
     tokio: tokio::runtime::Handle,
-    endpoint: String,
 }
 
 impl ClientContext for OwnershipContext {}
@@ -155,15 +154,8 @@ impl ConsumerContext for OwnershipContext {
             if served.is_empty() {
                 return;
             }
-            let published = self.tokio.block_on(async {
-                self.runtime.assign(&served).await?;
-                self.log
-                    .publish_owner(&served, &self.endpoint)
-                    .await
-                    .map_err(Error::from)
-            });
-            if let Err(e) = published {
-                warn!(partitions = ?served, error = %e, "cannot serve the assigned partitions, or cannot publish this instance as their owner");
+            if let Err(e) = self.tokio.block_on(self.runtime.assign(&served)) {
+                warn!(partitions = ?served, error = %e, "cannot serve the assigned partitions");
             }
         }
     }
@@ -191,11 +183,12 @@ impl KafkaOwnership {
         let config = log.config();
         let bootstrap = config.bootstrap_servers.clone();
         let group = config.app_id.clone();
-        let mut client = ClientConfig::new();
+        // The log's client settings (brokers, timeouts, reconnects, the user's properties),
+        // with the endpoint as client id: other members find it in the group's description.
+        let mut client = log.client_config("member");
         client
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &group)
             .set("client.id", &endpoint)
+            .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -203,14 +196,10 @@ impl KafkaOwnership {
             .set("heartbeat.interval.ms", "1000")
             .set("max.poll.interval.ms", "300000")
             .set("auto.offset.reset", "latest");
-        for (key, value) in &config.client_properties {
-            client.set(key, value);
-        }
         let context = OwnershipContext {
             runtime: runtime.clone(),
             log: log.clone(),
             tokio: tokio::runtime::Handle::current(),
-            endpoint: endpoint.clone(),
         };
         let consumer: BaseConsumer<OwnershipContext> =
             client.create_with_context(context).map_err(|e| {
@@ -227,10 +216,10 @@ impl KafkaOwnership {
             let stop = stop.clone();
             let runtime = runtime.clone();
             let log = log.clone();
-            let tokio = tokio::runtime::Handle::current();
+            let group_name = group.clone();
             std::thread::Builder::new()
                 .name(format!("keel-ownership-{group}"))
-                .spawn(move || membership_loop(consumer, log, tokio, stop, runtime))
+                .spawn(move || membership_loop(consumer, log, group_name, stop, runtime))
                 .map_err(|e| Error::Spawn {
                     what: "the consumer group member".into(),
                     reason: e.to_string(),
@@ -270,7 +259,7 @@ impl Drop for KafkaOwnership {
 fn membership_loop(
     consumer: BaseConsumer<OwnershipContext>,
     log: Arc<KafkaLog>,
-    tokio: tokio::runtime::Handle,
+    group: String,
     stop: Arc<AtomicBool>,
     runtime: Runtime,
 ) {
@@ -281,7 +270,7 @@ fn membership_loop(
         }
         if last_refresh.is_none_or(|t| t.elapsed() >= OWNERS_REFRESH) {
             last_refresh = Some(Instant::now());
-            refresh_owners(&log, &runtime, &tokio);
+            refresh_owners(&consumer, &group, log.events_topic(), &runtime);
         }
     }
     // Leaving: unsubscribing revokes every partition through the callbacks above.
@@ -297,15 +286,123 @@ fn membership_loop(
     info!("left the application's consumer group");
 }
 
-/// Records, for every partition this instance does not own, the endpoint its owner published.
-fn refresh_owners(log: &KafkaLog, runtime: &Runtime, tokio: &tokio::runtime::Handle) {
-    let Ok(owners) = tokio.block_on(log.owners()) else {
-        return; // best effort: NotOwner then names no owner
+/// Records, for every partition this instance does not own, the endpoint (`client.id`) of the
+/// group member it is assigned to, as the group coordinator describes the group.
+fn refresh_owners(
+    consumer: &BaseConsumer<OwnershipContext>,
+    group: &str,
+    topic: &str,
+    runtime: &Runtime,
+) {
+    let groups = match consumer.fetch_group_list(Some(group), Duration::from_secs(2)) {
+        Ok(groups) => groups,
+        Err(e) => {
+            // Best effort: NotOwner then names the owner last seen, or none.
+            debug!(error = %e, "cannot describe the consumer group");
+            return;
+        }
     };
     let owned = runtime.owned_partitions();
-    for (partition, endpoint) in owners {
-        if !owned.contains(&partition) {
-            runtime.set_owner(partition, endpoint);
+    for info in groups.groups().iter().filter(|g| g.name() == group) {
+        for member in info.members() {
+            let Some(bytes) = member.assignment() else {
+                continue;
+            };
+            let partitions = match assigned_partitions(bytes, topic) {
+                Ok(partitions) => partitions,
+                Err(e) => {
+                    warn!(member = member.id(), error = %e, "cannot read a group member's assignment");
+                    continue;
+                }
+            };
+            for partition in partitions {
+                if !owned.contains(&partition) {
+                    runtime.set_owner(partition, member.client_id());
+                }
+            }
+        }
+    }
+}
+
+/// The partitions of `topic` in a consumer-protocol assignment (Kafka's
+/// `ConsumerProtocolAssignment`, the same layout in every version: `int16` version, an
+/// `int32`-counted array of (`int16`-length topic name, `int32`-counted array of `int32`
+/// partitions), then user data).
+fn assigned_partitions(bytes: &[u8], topic: &str) -> Result<Vec<u32>, String> {
+    struct Reader<'a>(&'a [u8]);
+    impl Reader<'_> {
+        fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+            let Some((head, rest)) = self.0.split_first_chunk::<N>() else {
+                return Err(format!(
+                    "truncated assignment ({} bytes left, {N} needed)",
+                    self.0.len()
+                ));
+            };
+            self.0 = rest;
+            Ok(*head)
+        }
+        fn count(&mut self) -> Result<usize, String> {
+            let n = i32::from_be_bytes(self.take()?);
+            usize::try_from(n.max(0)).map_err(|e| e.to_string())
+        }
+    }
+    let mut r = Reader(bytes);
+    let _version = i16::from_be_bytes(r.take()?);
+    let mut partitions = Vec::new();
+    for _ in 0..r.count()? {
+        let len = usize::try_from(i16::from_be_bytes(r.take()?).max(0)).unwrap_or_default();
+        if r.0.len() < len {
+            return Err("truncated topic name".into());
+        }
+        let (name, rest) = r.0.split_at(len);
+        r.0 = rest;
+        let same = name == topic.as_bytes();
+        for _ in 0..r.count()? {
+            let partition = i32::from_be_bytes(r.take()?);
+            if same && let Ok(partition) = u32::try_from(partition) {
+                partitions.push(partition);
+            }
+        }
+    }
+    Ok(partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_partitions;
+
+    fn assignment(topics: &[(&str, &[i32])]) -> Vec<u8> {
+        let mut bytes = 3i16.to_be_bytes().to_vec();
+        bytes.extend((topics.len() as i32).to_be_bytes());
+        for (name, partitions) in topics {
+            bytes.extend((name.len() as i16).to_be_bytes());
+            bytes.extend(name.as_bytes());
+            bytes.extend((partitions.len() as i32).to_be_bytes());
+            for p in *partitions {
+                bytes.extend(p.to_be_bytes());
+            }
+        }
+        bytes.extend((-1i32).to_be_bytes()); // no user data
+        bytes
+    }
+
+    #[test]
+    fn reads_the_partitions_of_the_events_topic() {
+        let bytes = assignment(&[("other", &[0, 1]), ("app.events", &[2, 5, 7])]);
+        assert_eq!(assigned_partitions(&bytes, "app.events"), Ok(vec![2, 5, 7]));
+        assert_eq!(assigned_partitions(&bytes, "none"), Ok(vec![]));
+        let empty = assignment(&[]);
+        assert_eq!(assigned_partitions(&empty, "app.events"), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_truncated_assignment_is_an_error() {
+        let bytes = assignment(&[("app.events", &[2, 5, 7])]);
+        for cut in [1, 5, 9, bytes.len() - 6] {
+            assert!(
+                assigned_partitions(&bytes[..cut], "app.events").is_err(),
+                "cut at {cut}"
+            );
         }
     }
 }

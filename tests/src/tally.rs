@@ -45,7 +45,8 @@ impl keel::Aggregate for Tally {
 
 /// Sends `1` to tally `id` with `command_id` through whichever of `instances` owns it,
 /// following `NotOwner` answers and retrying retryable errors (with the same command id, so
-/// nothing is appended twice) while ownership moves; panics after 90 s or on any other error.
+/// nothing is appended twice) while ownership moves, skipping instances that shut down;
+/// panics after 90 s or on any other error.
 pub async fn send_to_owner(
     instances: &[&keel::Runtime],
     id: &str,
@@ -60,7 +61,14 @@ pub async fn send_to_owner(
                 .await
             {
                 Ok(done) => return done,
-                Err(e) if e.not_owner().is_some() || e.is_retryable() => continue,
+                // An instance that is shutting down serves nothing more: ask the others.
+                Err(e)
+                    if e.not_owner().is_some()
+                        || e.is_retryable()
+                        || matches!(e, keel::CommandError::ShuttingDown) =>
+                {
+                    continue;
+                }
                 Err(e) => panic!("command {command_id} to {id}: {e}"),
             }
         }

@@ -1,7 +1,8 @@
-//! Two runtime instances share one application on Kafka: the consumer group decides which
-//! instance serves which partitions; when one leaves, the other takes its partitions over
-//! and serves those aggregates from the right state. Nothing acknowledged is lost, and no
-//! aggregate's sequence has a gap or a duplicate.
+//! Two and three runtime instances share one application on Kafka: the consumer group decides
+//! which instance serves which partitions; when one leaves (or dies and its session expires),
+//! the others take its partitions over and serve those aggregates from the right state.
+//! `NotOwner` names the owner's endpoint, found in the group's description. Nothing
+//! acknowledged is lost, and no aggregate's sequence has a gap or a duplicate.
 //!
 //! Runs against the broker named by `KEEL_KAFKA_BOOTSTRAP` (see `scripts/broker`).
 
@@ -16,7 +17,7 @@ use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
 use keel_tests::tally::{Tally, send_to_owner as send};
 
-const PARTITIONS: u32 = 4;
+const PARTITIONS: u32 = 6;
 
 struct Instance {
     runtime: Runtime,
@@ -25,6 +26,16 @@ struct Instance {
 }
 
 async fn instance(bootstrap: &str, prefix: &str, app: &str, endpoint: &str) -> Instance {
+    instance_with(bootstrap, prefix, app, endpoint, Duration::from_secs(20)).await
+}
+
+async fn instance_with(
+    bootstrap: &str,
+    prefix: &str,
+    app: &str,
+    endpoint: &str,
+    command_timeout: Duration,
+) -> Instance {
     let log = Arc::new(
         KafkaConfig::new(bootstrap)
             .app_id(app)
@@ -39,7 +50,7 @@ async fn instance(bootstrap: &str, prefix: &str, app: &str, endpoint: &str) -> I
         .backend(log.clone())
         .app_id(app)
         .owned_partitions(vec![])
-        .command_timeout(Duration::from_secs(20))
+        .command_timeout(command_timeout)
         .start()
         .await
         .expect("start");
@@ -130,15 +141,23 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
         acked.push((command_id, id, done.seq));
     }
 
-    // The log: every acknowledged command exactly once, every sequence dense.
+    assert_exactly_once(&b.log, &acked).await;
+
+    b.ownership.leave().await;
+    b.runtime.shutdown().await.unwrap();
+    a.runtime.shutdown().await.unwrap();
+    drop(a.log);
+}
+
+/// The log: every acknowledged command exactly once, every aggregate's sequence dense.
+async fn assert_exactly_once(log: &KafkaLog, acked: &[(String, String, u64)]) {
     let mut by_command: HashMap<String, usize> = HashMap::new();
     let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
     for partition in 0..PARTITIONS {
-        let end = b.log.end_offset(partition).await.unwrap();
+        let end = log.end_offset(partition).await.unwrap();
         let mut from = 0;
         while from < end {
-            let batch = b
-                .log
+            let batch = log
                 .read(partition, from, 500, Duration::from_secs(1))
                 .await
                 .unwrap();
@@ -158,7 +177,7 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
             from = batch.last().unwrap().position.offset + 1;
         }
     }
-    for (command_id, id, seq) in &acked {
+    for (command_id, id, seq) in acked {
         assert_eq!(
             by_command.get(command_id),
             Some(&1),
@@ -168,14 +187,114 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
     for (id, seqs) in &seqs {
         assert_eq!(seqs, &(1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}");
     }
-
-    b.ownership.leave().await;
-    b.runtime.shutdown().await.unwrap();
-    a.runtime.shutdown().await.unwrap();
-    drop(a.log);
 }
 
 /// Runs a future to completion on the current multi-thread runtime from a sync closure.
 fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_a_death() {
+    let Some(bootstrap) = kafka_bootstrap("kafka_ownership::three_instances") else {
+        return;
+    };
+    let prefix = unique_topic_prefix("three");
+    let app = format!("{prefix}-app");
+    // Short command timeouts: a command caught by a handover is retried (same command id).
+    let quick = Duration::from_secs(3);
+    let a = instance_with(&bootstrap, &prefix, &app, "node-a:7001", quick).await;
+    let b = instance_with(&bootstrap, &prefix, &app, "node-b:7002", quick).await;
+    eventually("A and B split the partitions", || {
+        a.runtime.owned_partitions().len() + b.runtime.owned_partitions().len()
+            == PARTITIONS as usize
+            && !a.runtime.owned_partitions().is_empty()
+            && !b.runtime.owned_partitions().is_empty()
+    })
+    .await;
+
+    // A load that keeps going through every change of ownership below.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c_slot: Arc<std::sync::Mutex<Option<Runtime>>> = Arc::default();
+    let load = {
+        let (stop, c_slot) = (stop.clone(), c_slot.clone());
+        let (ra, rb) = (a.runtime.clone(), b.runtime.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = c_slot.lock().unwrap().clone();
+                let mut instances = vec![&ra, &rb];
+                if let Some(c) = &c {
+                    instances.push(c);
+                }
+                let id = format!("t{}", n % 30);
+                let command_id = format!("c{n}");
+                let done = send(&instances, &id, &command_id).await;
+                acked.push((command_id, id, done.seq));
+                n += 1;
+            }
+            acked
+        })
+    };
+
+    let c = instance_with(&bootstrap, &prefix, &app, "node-c:7003", quick).await;
+    *c_slot.lock().unwrap() = Some(c.runtime.clone());
+    eventually("A, B and C each serve partitions, all of them once", || {
+        let owned = [&a, &b, &c].map(|i| i.runtime.owned_partitions());
+        let all: BTreeSet<u32> = owned.iter().flatten().copied().collect();
+        owned.iter().all(|o| !o.is_empty())
+            && all.len() == PARTITIONS as usize
+            && owned.iter().map(Vec::len).sum::<usize>() == PARTITIONS as usize
+    })
+    .await;
+
+    // C names the owner of a partition it does not serve.
+    let not_on_c = (0..100)
+        .map(|i| format!("t{i}"))
+        .find(|id| {
+            let p = keel::partition_for(&keel::aggregate_key("Tally", id), PARTITIONS);
+            a.runtime.owned_partitions().contains(&p)
+        })
+        .unwrap();
+    eventually("C learns that A owns a partition", || {
+        let err = futures_lite_block(c.runtime.aggregate::<Tally>().send(&not_on_c, 1));
+        matches!(err, Err(CommandError::NotOwner { owner: Some(ref o), .. }) if o == "node-a:7001")
+    })
+    .await;
+
+    // B leaves gracefully; then A dies without leaving (its membership just stops), so the
+    // group gives its partitions to C after A's session expires.
+    b.ownership.leave().await;
+    b.runtime.shutdown().await.unwrap();
+    eventually("A and C serve every partition", || {
+        a.runtime.owned_partitions().len() + c.runtime.owned_partitions().len()
+            == PARTITIONS as usize
+    })
+    .await;
+    let Instance {
+        runtime: a_runtime,
+        ownership: a_ownership,
+        log: a_log,
+    } = a;
+    a_runtime.abort().await;
+    drop(a_ownership);
+    eventually("C serves every partition after A's session expired", || {
+        c.runtime.owned_partitions().len() == PARTITIONS as usize
+    })
+    .await;
+    // The load (now only C answers) goes on for a moment, then stops.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = load.await.unwrap();
+    assert!(
+        acked.len() > 50,
+        "only {} commands acknowledged",
+        acked.len()
+    );
+    assert_exactly_once(&c.log, &acked).await;
+
+    c.ownership.leave().await;
+    c.runtime.shutdown().await.unwrap();
+    drop((a_log, b.log));
 }

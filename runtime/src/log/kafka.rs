@@ -53,7 +53,6 @@
 //! - `end_offset` is the last stable offset (every committed record is below it): the
 //!   `read_committed` ListOffsets answer of the partition leader, one round trip.
 //! - Checkpoints are committed outside the transactions: they are only a recovery bound.
-//! - The owners topic is written by the plain idempotent producer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,11 +98,6 @@ pub struct KafkaLog {
     config: KafkaConfig,
     events_topic: String,
     snapshots_topic: String,
-    /// `{prefix}.owners`: one partition, compacted; key = events partition, value = the
-    /// endpoint of the instance that serves it (written by partition ownership).
-    owners_topic: String,
-    /// What has been read of the owners topic: the next offset and the latest owners.
-    owners: tokio::sync::Mutex<(Offset, HashMap<u32, String>)>,
     /// The idempotent producer. Replaced when it fails fatally (librdkafka then refuses every
     /// further record), so the log recovers without a restart; a std lock because it is only
     /// held to clone or swap the handle.
@@ -150,14 +144,13 @@ impl KafkaLog {
         config.validate()?;
         let events_topic = format!("{}.events", config.prefix());
         let snapshots_topic = format!("{}.snapshots", config.prefix());
-        let owners_topic = format!("{}.owners", config.prefix());
         let bootstrap = config.bootstrap_servers.clone();
 
         let timeout = config.request_timeout;
         let ensured = topics::ensure_topics(
             &base_client_config(&config, "admin"),
             &bootstrap,
-            &topic_specs(&config, &events_topic, &snapshots_topic, &owners_topic),
+            &topic_specs(&config, &events_topic, &snapshots_topic),
             timeout,
         )
         .await;
@@ -177,8 +170,6 @@ impl KafkaLog {
             events_topic,
             snapshots_topic,
             producer: std::sync::RwLock::new(producer),
-            owners_topic,
-            owners: tokio::sync::Mutex::new((0, HashMap::new())),
             append_locks: (0..partitions)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -354,54 +345,10 @@ impl KafkaLog {
             .map_err(|_| StorageError::Closed(self.describe()))?
     }
 
-    /// Records this instance (`endpoint`) as the server of `partitions` in the owners topic;
-    /// resolves once the broker acknowledged.
-    pub(crate) async fn publish_owner(
-        &self,
-        partitions: &[u32],
-        endpoint: &str,
-    ) -> Result<(), StorageError> {
-        let topic = &self.owners_topic;
-        let producer = self.producer();
-        let mut deliveries = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            let key = partition.to_string();
-            deliveries.push(
-                self.enqueue(&producer, topic, 0, &key, endpoint.as_bytes())
-                    .await?,
-            );
-        }
-        for delivery in deliveries {
-            self.delivered(&producer, delivery, topic, 0, || {
-                format!("owner {endpoint}")
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// The latest owner endpoint of every events partition, as published in the owners topic.
-    pub(crate) async fn owners(&self) -> Result<HashMap<u32, String>, StorageError> {
-        let topic = &self.owners_topic;
-        let mut cache = self.owners.lock().await;
-        let end = self.high_watermark(topic, 0).await?;
-        while cache.0 < end {
-            let records = self
-                .read_topic(topic, 0, cache.0, 1024, self.config.request_timeout, end)
-                .await?;
-            if records.is_empty() {
-                break;
-            }
-            for record in records {
-                cache.0 = record.position.offset + 1;
-                if let (Ok(partition), Ok(endpoint)) =
-                    (record.key.parse::<u32>(), String::from_utf8(record.value))
-                {
-                    cache.1.insert(partition, endpoint);
-                }
-            }
-        }
-        Ok(cache.1.clone())
+    /// The settings of a client in `role` that talks to this log's brokers: the brokers, a
+    /// client id, timeouts and reconnect backoff, and the user's own properties.
+    pub(crate) fn client_config(&self, role: &str) -> ClientConfig {
+        base_client_config(&self.config, role)
     }
 
     /// "kafka HOST:PORT: WHAT topic T partition P[ offset O]", for errors and logs.
@@ -736,12 +683,7 @@ fn max_message_bytes(config: &KafkaConfig) -> usize {
 }
 
 /// The topics keel needs, with the settings it creates them with and relies on.
-fn topic_specs(
-    config: &KafkaConfig,
-    events: &str,
-    snapshots: &str,
-    owners: &str,
-) -> Vec<topics::TopicSpec> {
+fn topic_specs(config: &KafkaConfig, events: &str, snapshots: &str) -> Vec<topics::TopicSpec> {
     use topics::Required::{AtLeast, Equals, Nothing};
     // Compaction only runs on closed segments: hourly segments keep a first snapshot load
     // from reading a week of superseded snapshots.
@@ -790,12 +732,6 @@ fn topic_specs(
             partitions: config.partitions,
             replication_factor: config.replication_factor,
             configs: snapshot_configs,
-        },
-        topics::TopicSpec {
-            name: owners.to_owned(),
-            partitions: 1,
-            replication_factor: config.replication_factor,
-            configs: compacted("an owner entry must stay until a newer one replaces it"),
         },
     ]
 }
