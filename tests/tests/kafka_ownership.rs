@@ -1,6 +1,6 @@
 //! Two and three runtime instances share one application on Kafka: the consumer group decides
-//! which instance serves which partitions; when one leaves (or dies and its session expires),
-//! the others take its partitions over and serve those aggregates from the right state.
+//! which instance serves which partitions; when one leaves (or aborts), the others take its
+//! partitions over and serve those aggregates from the right state.
 //! `NotOwner` names the owner's endpoint, found in the group's description. Nothing
 //! acknowledged is lost, and no aggregate's sequence has a gap or a duplicate.
 //!
@@ -195,7 +195,7 @@ fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_a_death() {
+async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_an_abort() {
     let Some(bootstrap) = kafka_bootstrap("kafka_ownership::three_instances") else {
         return;
     };
@@ -263,8 +263,9 @@ async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_a_death
     })
     .await;
 
-    // B leaves gracefully; then A dies without leaving (its membership just stops), so the
-    // group gives its partitions to C after A's session expires.
+    // B leaves gracefully; then A's runtime aborts (no snapshots, no checkpoint commits, as a
+    // crash would) and its membership is dropped, so the group gives its partitions to C.
+    // (A member killed outright is `kafka_member_faults`.)
     b.ownership.leave().await;
     b.runtime.shutdown().await.unwrap();
     eventually("A and C serve every partition", || {
@@ -279,7 +280,7 @@ async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_a_death
     } = a;
     a_runtime.abort().await;
     drop(a_ownership);
-    eventually("C serves every partition after A's session expired", || {
+    eventually("C serves every partition after A is gone", || {
         c.runtime.owned_partitions().len() == PARTITIONS as usize
     })
     .await;
