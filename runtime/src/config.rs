@@ -64,7 +64,16 @@ pub struct RuntimeConfig {
     /// events reads them in one sequential pass per partition, shared by every activation
     /// waiting. 0 turns the tails off. Default = 64 MiB.
     pub tail_cache_bytes: usize,
+    /// The longest aggregate id (and command id) accepted, in bytes; a longer or an empty
+    /// one is refused with [`CommandError::InvalidId`](crate::CommandError::InvalidId)
+    /// before anything is touched. At most [`MAX_ID_BYTES_LIMIT`], which keeps every key
+    /// within every backend's limit (fjall: 65 535 bytes). Default = 4 KiB.
+    pub max_id_bytes: usize,
 }
+
+/// The largest [`RuntimeConfig::max_id_bytes`] allowed: an aggregate key (type name, `/`,
+/// id) plus a backend's own prefix stays below 65 535 bytes.
+pub const MAX_ID_BYTES_LIMIT: usize = 60_000;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -81,6 +90,7 @@ impl Default for RuntimeConfig {
             maintenance_interval: Duration::from_secs(1),
             checkpoint_refresh: Duration::from_secs(3600),
             tail_cache_bytes: 64 << 20,
+            max_id_bytes: 4096,
         }
     }
 }
@@ -99,6 +109,7 @@ impl RuntimeConfig {
                 "snapshots.every_events",
                 self.snapshots.every_events as usize,
             ),
+            ("max_id_bytes", self.max_id_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -113,8 +124,29 @@ impl RuntimeConfig {
                 "idle_timeout, maintenance_interval and checkpoint_refresh must be positive".into(),
             ));
         }
+        if self.max_id_bytes > MAX_ID_BYTES_LIMIT {
+            return Err(crate::Error::Config(format!(
+                "max_id_bytes must be at most {MAX_ID_BYTES_LIMIT}"
+            )));
+        }
         if self.app_id.is_empty() {
             return Err(crate::Error::Config("app_id must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks an aggregate id (or, with `what` = "command id", a command id) against the
+    /// configured limits.
+    pub(crate) fn check_id(&self, what: &str, id: &str) -> Result<(), String> {
+        if id.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        if id.len() > self.max_id_bytes {
+            return Err(format!(
+                "{what} {} is longer than max_id_bytes ({})",
+                crate::error::short(id),
+                self.max_id_bytes
+            ));
         }
         Ok(())
     }

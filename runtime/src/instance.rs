@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::aggregate::Aggregate;
 use crate::envelope::{EventEnvelope, EventEnvelopeRef, SnapshotEnvelope, Upcasters, encode_event};
-use crate::error::{CommandError, DecodeError, StorageError, at};
+use crate::error::{CommandError, DecodeError, StorageError, at, short};
 use crate::log::{LogRecord, Offset, Position};
 use crate::metrics::{self as m, CommandMetrics, Outcome};
 use crate::partition::PartitionState;
@@ -109,11 +109,11 @@ impl ActivationFailure {
     fn to_error<E: std::error::Error>(&self, key: &str) -> CommandError<E> {
         match self {
             ActivationFailure::Storage(source) => CommandError::Storage {
-                aggregate: key.to_string(),
+                aggregate: short(key).into_owned(),
                 source: source.clone(),
             },
             ActivationFailure::Corrupt(source) => CommandError::Corrupt {
-                aggregate: key.to_string(),
+                aggregate: short(key).into_owned(),
                 source: source.clone(),
             },
         }
@@ -188,7 +188,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                     && live.unsnapshotted > 0
                     && let Err(e) = snapshot(live, &state.args).await
                 {
-                    warn!(aggregate = %state.args.key, error = %e, "snapshot failed");
+                    warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed");
                 }
                 stop(&myself, &state.args);
                 return Ok(());
@@ -207,7 +207,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 let span = info_span!(
                     "command",
                     aggregate = A::TYPE,
-                    id = %state.args.id,
+                    id = %short(&state.args.id),
                     command_id = command_id.as_deref().unwrap_or(""),
                 );
                 let result = execute(live, &state.args, command, command_id)
@@ -230,7 +230,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 } else if live.unsnapshotted >= state.args.shared.config.snapshots.every_events
                     && let Err(e) = snapshot(live, &state.args).await
                 {
-                    warn!(aggregate = %state.args.key, error = %e, "snapshot failed; will retry");
+                    warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed; will retry");
                 }
             }
             Phase::Failed(failure) => {
@@ -257,7 +257,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
             && shared.config.snapshots.on_passivation
             && let Err(e) = snapshot(live, &state.args).await
         {
-            warn!(aggregate = %state.args.key, error = %e, "snapshot on passivation failed");
+            warn!(aggregate = %short(&state.args.key), error = %e, "snapshot on passivation failed");
         }
         shared.unregister(&state.args.key, myself.get_id());
         Ok(())
@@ -273,7 +273,7 @@ fn stop<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, args: &AggregateArgs) 
 
 fn restarting<E: std::error::Error>(key: &str) -> CommandError<E> {
     CommandError::Storage {
-        aggregate: key.to_string(),
+        aggregate: short(key).into_owned(),
         source: StorageError::Closed("aggregate restarting after a failed command".into()),
     }
 }
@@ -309,7 +309,7 @@ async fn execute<A: Aggregate>(
         Ok(Err(rejection)) => return Err(CommandError::Rejected(rejection)),
         Err(panic) => {
             return Err(CommandError::Panicked {
-                aggregate: key.clone(),
+                aggregate: short(key).into_owned(),
                 message: format!("in handle: {}", panic_message(panic)),
             });
         }
@@ -344,10 +344,10 @@ async fn execute<A: Aggregate>(
         let (event_type, event_version, payload) =
             encode_event::<A>(event, &args.upcasters, &mut live.scratch).map_err(|reason| {
                 CommandError::Corrupt {
-                    aggregate: key.clone(),
+                    aggregate: short(key).into_owned(),
                     source: DecodeError {
                         what: "new event (encoding)".into(),
-                        location: key.clone(),
+                        location: short(key).into_owned(),
                         reason,
                     },
                 }
@@ -388,7 +388,7 @@ async fn execute<A: Aggregate>(
         .append(partition, records)
         .await
         .map_err(|source| CommandError::Storage {
-            aggregate: key.clone(),
+            aggregate: short(key).into_owned(),
             source,
         })?;
     // Durable from here on: evolve the state.
@@ -401,7 +401,7 @@ async fn execute<A: Aggregate>(
         .commit_append(key, first..first + count, tail_values);
     if let Err(panic) = applied {
         return Err(CommandError::Panicked {
-            aggregate: key.clone(),
+            aggregate: short(key).into_owned(),
             message: format!(
                 "in apply, after the events were committed: {}",
                 panic_message(panic)
@@ -456,7 +456,7 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
     let span = info_span!(
         "activation",
         aggregate = A::TYPE,
-        id = %args.id,
+        id = %short(&args.id),
         from_snapshot = tracing::field::Empty,
         replayed = tracing::field::Empty
     );
@@ -489,7 +489,7 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
                 }
                 Err(reason) => {
                     warn!(
-                        aggregate = %key,
+                        aggregate = %short(key),
                         %reason,
                         "snapshot cannot be used; rebuilding from the full history"
                     );
@@ -519,7 +519,7 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
             && replayed > policy.every_events
             && let Err(e) = snapshot(&mut live, args).await
         {
-            warn!(aggregate = %key, error = %e, "snapshot after replay failed");
+            warn!(aggregate = %short(key), error = %e, "snapshot after replay failed");
         }
         Ok(live)
     }
@@ -535,7 +535,7 @@ type Restored<A> = (
 );
 
 fn restore<A: Aggregate>(bytes: &[u8], key: &str) -> Result<Restored<A>, String> {
-    let env = SnapshotEnvelope::decode(bytes, &format!("snapshot of {key}"))
+    let env = SnapshotEnvelope::decode(bytes, &format!("snapshot of {}", short(key)))
         .map_err(|e| e.to_string())?;
     if env.state_version != A::STATE_VERSION {
         return Err(format!(
@@ -546,7 +546,7 @@ fn restore<A: Aggregate>(bytes: &[u8], key: &str) -> Result<Restored<A>, String>
     }
     let state: A = rmp_serde::from_slice(&env.state).map_err(|e| e.to_string())?;
     let recent = rmp_serde::from_slice(&env.recent_commands).unwrap_or_else(|e| {
-        warn!(aggregate = %key, error = %e, "snapshot's command window unreadable; starting empty");
+        warn!(aggregate = %short(key), error = %e, "snapshot's command window unreadable; starting empty");
         VecDeque::new()
     });
     Ok((state, env, recent))
@@ -598,7 +598,7 @@ async fn replay_offsets<A: Aggregate>(
                     return Err(ActivationFailure::Corrupt(DecodeError {
                         what: "event".into(),
                         location: at(&args.key, position),
-                        reason: format!("the log has key {:?} at this offset", record.key),
+                        reason: format!("the log has key {:?} at this offset", short(&record.key)),
                     }));
                 }
                 replayed += apply_record(live, args, &record.value, position)?;
@@ -635,7 +635,7 @@ async fn find_failed_appends(args: &AggregateArgs, floor: Offset) -> Result<(), 
     }
     if !found.is_empty() {
         let offsets: Vec<Offset> = found.iter().map(|(offset, _)| *offset).collect();
-        warn!(aggregate = %args.key, ?offsets, "records of a failed append are in the log");
+        warn!(aggregate = %short(&args.key), ?offsets, "records of a failed append are in the log");
     }
     args.partition.record_found(&args.key, found);
     args.partition.resolve_uncertain(&args.key);
@@ -683,7 +683,7 @@ fn apply_record<A: Aggregate>(
     let location = at(&args.key, position);
     let envelope = EventEnvelope::decode(bytes, &location).map_err(ActivationFailure::Corrupt)?;
     if envelope.seq <= live.seq {
-        warn!(aggregate = %args.key, seq = envelope.seq, %position, "duplicate event in the log; skipped");
+        warn!(aggregate = %short(&args.key), seq = envelope.seq, %position, "duplicate event in the log; skipped");
         return Ok(0);
     }
     if envelope.seq != live.seq + 1 {

@@ -41,7 +41,7 @@ mod shard;
 mod testkit;
 
 pub use aggregate::Aggregate;
-pub use config::{RuntimeConfig, SnapshotPolicy};
+pub use config::{MAX_ID_BYTES_LIMIT, RuntimeConfig, SnapshotPolicy};
 pub use envelope::{EventEnvelope, SnapshotEnvelope, UpcastFn, Upcasters};
 pub use error::{CommandError, DecodeError, Error, StorageError};
 pub use handle::{AggregateHandle, SendOptions};
@@ -56,5 +56,5 @@ pub use log::{
 };
 #[cfg(feature = "kafka")]
 pub use ownership::KafkaOwnership;
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{MAX_TYPE_NAME_BYTES, Runtime, RuntimeBuilder};
 pub use testkit::TestFramework;

@@ -20,6 +20,9 @@ use crate::metrics as m;
 use crate::partition::TailBudget;
 use crate::shard::{AggregateType, LiveEntry, Shard, ShardArgs, ShardMsg};
 
+/// The longest [`Aggregate::TYPE`] name accepted, in bytes.
+pub const MAX_TYPE_NAME_BYTES: usize = 255;
+
 /// The aggregate runtime. Cheap to clone; every clone drives the same runtime.
 ///
 /// ```no_run
@@ -161,8 +164,15 @@ impl Runtime {
     ///
     /// # Panics
     /// If another Rust type already registered the same [`Aggregate::TYPE`] name: two types
-    /// sharing one key space would corrupt each other's history.
+    /// sharing one key space would corrupt each other's history. If the name is empty,
+    /// longer than [`MAX_TYPE_NAME_BYTES`] or contains `/`: keys are `"{TYPE}/{id}"`, so a
+    /// `/` in the name would collide with another type's ids.
     pub fn aggregate<A: Aggregate>(&self) -> AggregateHandle<A> {
+        assert!(
+            !A::TYPE.is_empty() && A::TYPE.len() <= MAX_TYPE_NAME_BYTES && !A::TYPE.contains('/'),
+            "invalid Aggregate::TYPE {:?}: it must be 1 to {MAX_TYPE_NAME_BYTES} bytes without '/'",
+            crate::error::short(A::TYPE)
+        );
         let id = TypeId::of::<A>();
         let existing = *self.shared.types.entry(A::TYPE).or_insert(id);
         assert!(
@@ -382,6 +392,12 @@ impl RuntimeBuilder {
     /// The default command timeout. Default = 30 s.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.config.command_timeout = timeout;
+        self
+    }
+
+    /// See [`RuntimeConfig::max_id_bytes`]. Default = 4 KiB.
+    pub fn max_id_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_id_bytes = bytes;
         self
     }
 

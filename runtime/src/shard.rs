@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::envelope::SnapshotEnvelope;
-use crate::error::Error;
+use crate::error::{Error, short};
 use crate::log::{LogBackend, Offset};
 use crate::metrics as m;
 use crate::partition::PartitionState;
@@ -189,7 +189,7 @@ impl Actor for Shard {
             return Ok(());
         };
         if let Some(failure) = failure {
-            warn!(aggregate = %key, %failure, "aggregate actor failed");
+            warn!(aggregate = %short(&key), %failure, "aggregate actor failed");
         }
         state.actors.remove(&key);
         state.shared.unregister(&key, id);
@@ -260,7 +260,7 @@ impl ShardState {
                 && self.shared.passivate(key, entry)
             {
                 metrics::counter!(m::PASSIVATIONS, "reason" => "idle").increment(1);
-                debug!(aggregate = %key, "passivating idle actor");
+                debug!(aggregate = %short(&key), "passivating idle actor");
             }
         }
         let live = self.shared.live.load(Ordering::Relaxed);
@@ -301,7 +301,7 @@ impl ShardState {
                 if !(aggregate_type.compact)(&entry.cell) {
                     entry.queued.fetch_sub(1, Ordering::Relaxed);
                 }
-                debug!(aggregate = %key, "settling an aggregate that holds the checkpoint back");
+                debug!(aggregate = %short(&key), "settling an aggregate that holds the checkpoint back");
             }
         }
     }
@@ -372,11 +372,11 @@ async fn snapshot_coverage(
     let Some(bytes) = backend.load_snapshot(partition, key.to_owned()).await? else {
         return Ok(None);
     };
-    match SnapshotEnvelope::decode(&bytes, &format!("snapshot of {key}")) {
+    match SnapshotEnvelope::decode(&bytes, &format!("snapshot of {}", short(key))) {
         Ok(snapshot) => Ok(snapshot.covered_offset),
         // Left uncovered: the aggregate will rebuild when activated.
         Err(e) => {
-            warn!(aggregate = %key, error = %e, "unreadable snapshot during recovery");
+            warn!(aggregate = %short(&key), error = %e, "unreadable snapshot during recovery");
             Ok(None)
         }
     }

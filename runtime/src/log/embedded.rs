@@ -412,8 +412,9 @@ impl SnapshotStore for EmbeddedLog {
                 .map_err(|e| {
                     StorageError::io(
                         format!(
-                            "{}: loading the snapshot of {key} (partition {partition})",
-                            self.store.path.display()
+                            "{}: loading the snapshot of {} (partition {partition})",
+                            self.store.path.display(),
+                            crate::error::short(&key)
                         ),
                         e,
                     )
@@ -636,7 +637,10 @@ impl Writer {
                 } => {
                     write.insert(&self.store.snapshots, snapshot_key(partition, &key), value);
                     pending.push(Pending::Done {
-                        what: format!("saving the snapshot of {key} (partition {partition})"),
+                        what: format!(
+                            "saving the snapshot of {} (partition {partition})",
+                            crate::error::short(&key)
+                        ),
                         reply,
                     });
                 }
