@@ -96,3 +96,183 @@ async fn a_type_name_with_a_slash_is_refused_at_registration() {
     let runtime = start(Arc::new(MemoryLog::new(1))).await;
     let _ = runtime.aggregate::<Slashed>();
 }
+
+/// A backend that delegates to another but fails loading the recovery checkpoint of one
+/// partition while told to.
+struct FailingRecovery {
+    inner: Arc<dyn LogBackend>,
+    /// The partition whose checkpoint does not load, or `u32::MAX` for none.
+    failing: AtomicU32,
+}
+
+impl FailingRecovery {
+    fn new(inner: Arc<dyn LogBackend>, failing: u32) -> Arc<Self> {
+        Arc::new(FailingRecovery {
+            inner,
+            failing: AtomicU32::new(failing),
+        })
+    }
+}
+
+impl EventLog for FailingRecovery {
+    fn partition_count(&self) -> u32 {
+        self.inner.partition_count()
+    }
+    fn append(&self, p: u32, r: Vec<LogRecord>) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        self.inner.append(p, r)
+    }
+    fn read(
+        &self,
+        p: u32,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
+        self.inner.read(p, from, max, wait)
+    }
+    fn end_offset(&self, p: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        self.inner.end_offset(p)
+    }
+}
+
+impl SnapshotStore for FailingRecovery {
+    fn save_snapshot(
+        &self,
+        p: u32,
+        key: String,
+        value: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.inner.save_snapshot(p, key, value)
+    }
+    fn load_snapshot(
+        &self,
+        p: u32,
+        key: String,
+    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
+        self.inner.load_snapshot(p, key)
+    }
+}
+
+impl CheckpointStore for FailingRecovery {
+    fn load_checkpoint(
+        &self,
+        group: String,
+        p: u32,
+    ) -> BoxFuture<'_, Result<Option<Offset>, StorageError>> {
+        if p == self.failing.load(Ordering::SeqCst) {
+            return Box::pin(async move {
+                Err(StorageError::Closed(format!("injected: checkpoint of {p}")))
+            });
+        }
+        self.inner.load_checkpoint(group, p)
+    }
+    fn commit_checkpoint(
+        &self,
+        group: String,
+        p: u32,
+        offset: Offset,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.inner.commit_checkpoint(group, p, offset)
+    }
+}
+
+impl LogBackend for FailingRecovery {
+    fn describe(&self) -> String {
+        "failing recovery".into()
+    }
+}
+
+/// Waits until nothing but the test holds `log` (shard tasks finish tearing down after they
+/// have been reported stopped).
+async fn released<T: ?Sized>(log: &Arc<T>) -> bool {
+    for _ in 0..1000 {
+        if Arc::strong_count(log) == 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_failed_start_leaves_no_shard_running_and_releases_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded: Arc<dyn LogBackend> = Arc::new(EmbeddedLog::open(dir.path(), 4).unwrap());
+    let log = FailingRecovery::new(embedded, 2);
+    let err = Runtime::builder()
+        .backend(log.clone())
+        .start()
+        .await
+        .err()
+        .expect("the start fails");
+    assert!(err.to_string().contains("checkpoint of 2"), "{err}");
+    assert!(released(&log).await, "a shard still holds the backend");
+    drop(log);
+    // The store's lock went with the last reference: it opens again.
+    let reopened = EmbeddedLog::open(dir.path(), 4).unwrap();
+    drop(reopened);
+}
+
+#[tokio::test]
+async fn a_failed_assign_stops_what_it_started_and_a_second_assign_serves_each_partition_once() {
+    let memory = Arc::new(MemoryLog::new(4));
+    let log = FailingRecovery::new(memory.clone(), 0);
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .owned_partitions(vec![])
+        .start()
+        .await
+        .unwrap();
+    assert!(runtime.assign(&[0, 1, 2, 3]).await.is_err());
+    assert!(runtime.owned_partitions().is_empty());
+    log.failing.store(u32::MAX, Ordering::SeqCst);
+    runtime.assign(&[0, 1, 2, 3, 3]).await.unwrap();
+    assert_eq!(runtime.owned_partitions(), vec![0, 1, 2, 3]);
+    let accounts = runtime.aggregate::<Account>();
+    for i in 0..20 {
+        accounts.send(&format!("a{i}"), Cmd::Deposit(1)).await.unwrap();
+    }
+    runtime.shutdown().await.unwrap();
+    drop(accounts);
+    drop(runtime);
+    assert!(released(&log).await, "a shard outlived the runtime");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_assign_waits_for_the_revoked_shard_of_its_partition_to_stop() {
+    let gated = Arc::new(common::GatedLog::new(1));
+    let gate = gated.gate.clone();
+    let runtime = Runtime::builder().backend(gated.clone()).start().await.unwrap();
+    let accounts = runtime.aggregate::<Account>();
+    gate.add_permits(1);
+    accounts.send("a", Cmd::Deposit(1)).await.unwrap();
+    // An append held in flight: the revoked shard cannot finish draining.
+    let held = tokio::spawn({
+        let accounts = accounts.clone();
+        async move { accounts.send("a", Cmd::Deposit(1)).await }
+    });
+    while gated.inner.all_records().len() < 1 || !runtime.is_live::<Account>("a") {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let revoke = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.revoke(&[0], None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let assign = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.assign(&[0]).await }
+    });
+    // Time runs ahead whenever every task is idle: ten seconds pass with the drain stuck.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!assign.is_finished(), "assign did not wait for the draining shard");
+    assert!(runtime.owned_partitions().is_empty());
+    gate.add_permits(100);
+    assert_eq!(held.await.unwrap().unwrap().seq, 2);
+    revoke.await.unwrap();
+    assign.await.unwrap().unwrap();
+    assert_eq!(runtime.owned_partitions(), vec![0]);
+    assert_eq!(accounts.send("a", Cmd::Deposit(1)).await.unwrap().seq, 3);
+    runtime.shutdown().await.unwrap();
+}
