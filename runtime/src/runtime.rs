@@ -255,11 +255,20 @@ impl Runtime {
                 let Some(old) = retiring else {
                     let shared = shared.clone();
                     started.push(async move {
-                        let spawned = Actor::spawn(None, Shard, ShardArgs { shared, partition });
-                        let (shard, _) = spawned.await.map_err(|e| Error::Spawn {
-                            what: format!("shard of partition {partition}"),
-                            reason: e.to_string(),
-                        })?;
+                        // Recovered before the shard is spawned, so its errors keep their type.
+                        let (part, checkpoint) = crate::shard::recover(&shared, partition).await?;
+                        let args = ShardArgs {
+                            shared,
+                            part,
+                            checkpoint,
+                        };
+                        let (shard, _) =
+                            Actor::spawn(None, Shard, args)
+                                .await
+                                .map_err(|e| Error::Spawn {
+                                    what: format!("shard of partition {partition}"),
+                                    reason: e.to_string(),
+                                })?;
                         Ok::<_, Error>((partition, shard))
                     });
                     break;

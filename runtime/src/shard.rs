@@ -10,7 +10,7 @@
 //!   are served, it snapshots and stops. A command for a key whose old actor is still
 //!   draining waits here until it has stopped, then gets a fresh activation — so two actors
 //!   of one aggregate never run at once.
-//! - **Recovery.** On start the shard reads its partition's checkpoint, scans the events
+//! - **Recovery.** Before the shard starts, [`recover`] reads its partition's checkpoint, scans the events
 //!   from there to the end into the recovery index and drops what snapshots already cover.
 //! - **Maintenance.** A periodic tick passivates idle actors and commits the checkpoint.
 
@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::envelope::SnapshotEnvelope;
-use crate::error::{Error, short};
+use crate::error::{Error, StorageError, short};
 use crate::log::{LogBackend, Offset};
 use crate::metrics as m;
 use crate::partition::PartitionState;
@@ -88,9 +88,11 @@ pub(crate) enum ShardMsg {
 
 pub(crate) struct Shard;
 
+/// A recovered partition, ready to be served (see [`recover`]).
 pub(crate) struct ShardArgs {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) partition: u32,
+    pub(crate) part: PartitionState,
+    pub(crate) checkpoint: Offset,
 }
 
 pub(crate) struct ShardState {
@@ -123,11 +125,11 @@ impl Actor for Shard {
         myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
-        let (part, checkpoint) = recover(&args.shared, args.partition).await?;
         myself.send_interval(args.shared.config.tick(), || ShardMsg::Maintain);
+        let checkpoint = args.checkpoint;
         Ok(ShardState {
             shared: args.shared,
-            part: Arc::new(part),
+            part: Arc::new(args.part),
             actors: HashMap::new(),
             keys: HashMap::new(),
             waiting: HashMap::new(),
@@ -384,7 +386,10 @@ async fn snapshot_coverage(
 
 /// Rebuilds the recovery index and the tail of `partition`: events from the checkpoint to the
 /// end, minus what the latest snapshots cover.
-async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Offset), Error> {
+pub(crate) async fn recover(
+    shared: &Shared,
+    partition: u32,
+) -> Result<(PartitionState, Offset), Error> {
     let span = info_span!(
         "recovery",
         partition,
@@ -400,7 +405,19 @@ async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Off
             .await?
             .unwrap_or(0);
         let end = backend.end_offset(partition).await?;
-        let part = PartitionState::new(partition, checkpoint.max(end), shared.tail_budget.clone());
+        if checkpoint > end {
+            // Every checkpoint this runtime commits is at most the end it knew of: a larger
+            // one means the log lost records (or the checkpoint belongs to another log).
+            // Starting from it would leave the events below it unindexed and reuse their
+            // sequence numbers.
+            return Err(Error::Storage(StorageError::Corrupt {
+                context: format!("the recovery checkpoint of partition {partition}"),
+                detail: format!(
+                    "checkpoint offset {checkpoint} is beyond the partition's end offset {end}"
+                ),
+            }));
+        }
+        let part = PartitionState::new(partition, end, shared.tail_budget.clone());
         // The coverage of each key's latest snapshot, looked up when the scan first meets the
         // key: an event it covers is neither indexed nor kept in the tail.
         let mut coverage: HashMap<String, Option<Offset>> = HashMap::new();

@@ -41,7 +41,10 @@ async fn an_id_no_backend_can_store_is_refused_before_anything_is_touched() {
         let err = accounts.send(id, Cmd::Deposit(1)).await.unwrap_err();
         assert!(matches!(err, CommandError::InvalidId { .. }), "{err}");
         assert!(!err.is_retryable());
-        assert!(err.to_string().len() < 200, "the error carries the id: {err}");
+        assert!(
+            err.to_string().len() < 200,
+            "the error carries the id: {err}"
+        );
         let err = accounts.query(id, |s| s.balance).await.unwrap_err();
         assert!(matches!(err, CommandError::InvalidId { .. }), "{err}");
     }
@@ -58,7 +61,10 @@ async fn an_id_no_backend_can_store_is_refused_before_anything_is_touched() {
     assert_eq!(accounts.send("b", Cmd::Deposit(1)).await.unwrap().seq, 2);
     // An id at the limit works end to end, snapshots included.
     let at_limit = "y".repeat(runtime.config().max_id_bytes);
-    assert_eq!(accounts.send(&at_limit, Cmd::Deposit(1)).await.unwrap().seq, 1);
+    assert_eq!(
+        accounts.send(&at_limit, Cmd::Deposit(1)).await.unwrap().seq,
+        1
+    );
     runtime.shutdown().await.unwrap();
 }
 
@@ -230,7 +236,10 @@ async fn a_failed_assign_stops_what_it_started_and_a_second_assign_serves_each_p
     assert_eq!(runtime.owned_partitions(), vec![0, 1, 2, 3]);
     let accounts = runtime.aggregate::<Account>();
     for i in 0..20 {
-        accounts.send(&format!("a{i}"), Cmd::Deposit(1)).await.unwrap();
+        accounts
+            .send(&format!("a{i}"), Cmd::Deposit(1))
+            .await
+            .unwrap();
     }
     runtime.shutdown().await.unwrap();
     drop(accounts);
@@ -242,7 +251,11 @@ async fn a_failed_assign_stops_what_it_started_and_a_second_assign_serves_each_p
 async fn an_assign_waits_for_the_revoked_shard_of_its_partition_to_stop() {
     let gated = Arc::new(common::GatedLog::new(1));
     let gate = gated.gate.clone();
-    let runtime = Runtime::builder().backend(gated.clone()).start().await.unwrap();
+    let runtime = Runtime::builder()
+        .backend(gated.clone())
+        .start()
+        .await
+        .unwrap();
     let accounts = runtime.aggregate::<Account>();
     gate.add_permits(1);
     accounts.send("a", Cmd::Deposit(1)).await.unwrap();
@@ -266,7 +279,10 @@ async fn an_assign_waits_for_the_revoked_shard_of_its_partition_to_stop() {
     });
     // Time runs ahead whenever every task is idle: ten seconds pass with the drain stuck.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(!assign.is_finished(), "assign did not wait for the draining shard");
+    assert!(
+        !assign.is_finished(),
+        "assign did not wait for the draining shard"
+    );
     assert!(runtime.owned_partitions().is_empty());
     gate.add_permits(100);
     assert_eq!(held.await.unwrap().unwrap().seq, 2);
@@ -275,4 +291,36 @@ async fn an_assign_waits_for_the_revoked_shard_of_its_partition_to_stop() {
     assert_eq!(runtime.owned_partitions(), vec![0]);
     assert_eq!(accounts.send("a", Cmd::Deposit(1)).await.unwrap().seq, 3);
     runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_checkpoint_beyond_the_end_of_its_partition_is_corrupt() {
+    let log = Arc::new(MemoryLog::new(2));
+    log.append(
+        1,
+        vec![LogRecord {
+            key: "k".into(),
+            value: vec![],
+        }],
+    )
+    .await
+    .unwrap();
+    log.commit_checkpoint("keel.recovery".into(), 1, 1000)
+        .await
+        .unwrap();
+    let err = Runtime::builder()
+        .backend(log.clone())
+        .start()
+        .await
+        .err()
+        .expect("the start fails");
+    assert!(
+        matches!(err, Error::Storage(StorageError::Corrupt { .. })),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("partition 1") && text.contains("1000") && text.contains("end offset 1"),
+        "{text}"
+    );
 }
