@@ -47,8 +47,16 @@ pub struct RuntimeConfig {
     pub snapshots: SnapshotPolicy,
     /// The default timeout of a command, from send to reply. Default = 30 s.
     pub command_timeout: Duration,
-    /// How many recent command ids each aggregate remembers for deduplication. Default = 128.
+    /// Each aggregate remembers at least its last this many command ids for deduplication.
+    /// Default = 128.
     pub dedup_window: usize,
+    /// Each aggregate also remembers every command id younger than this (by the time its
+    /// command committed), however many commands came since. Default = 10 min.
+    pub dedup_retention: Duration,
+    /// The hard cap on the command ids one aggregate remembers, whatever `dedup_window` and
+    /// `dedup_retention` say: it bounds the window's memory and its snapshot's size (each id
+    /// costs its bytes plus about 60). Default = 4 096.
+    pub dedup_max_ids: usize,
     /// How often shards look for idle actors and commit their recovery checkpoint.
     /// Default = 1 s (and never more than half the idle timeout).
     pub maintenance_interval: Duration,
@@ -87,6 +95,8 @@ impl Default for RuntimeConfig {
             snapshots: SnapshotPolicy::default(),
             command_timeout: Duration::from_secs(30),
             dedup_window: 128,
+            dedup_retention: Duration::from_secs(600),
+            dedup_max_ids: 4096,
             maintenance_interval: Duration::from_secs(1),
             checkpoint_refresh: Duration::from_secs(3600),
             tail_cache_bytes: 64 << 20,

@@ -3,11 +3,10 @@
 //! evolve, reply. It is stopped by draining (see [`crate::shard`]), which lets every command
 //! already in its mailbox finish, and snapshots on the way out.
 
-use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,7 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::aggregate::Aggregate;
+use crate::dedup::{DedupLimits, DedupWindow, Remembered, now_ms};
 use crate::envelope::{EventEnvelope, EventEnvelopeRef, SnapshotEnvelope, Upcasters, encode_event};
 use crate::error::{CommandError, DecodeError, StorageError, at, short};
 use crate::log::{LogRecord, Offset, Position};
@@ -126,19 +126,12 @@ struct Live<A: Aggregate> {
     last_offset: Option<Offset>,
     /// Events applied since the last snapshot written (or loaded).
     unsnapshotted: u64,
-    recent: VecDeque<RecentCommand<A::Event>>,
+    recent: DedupWindow,
     /// Reused to encode event payloads, so a command does not allocate one per event.
     scratch: Vec<u8>,
-}
-
-/// A remembered command outcome: the idempotency window, kept in snapshots.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(bound = "E: Serialize + serde::de::DeserializeOwned")]
-struct RecentCommand<E> {
-    command_id: String,
-    seq: u64,
-    position: Option<Position>,
-    events: Vec<E>,
+    /// The state can no longer be trusted (a panic in `apply` after a commit): the actor
+    /// stops without snapshotting and the next activation rebuilds from the log.
+    broken: bool,
 }
 
 impl<A: Aggregate> Actor for AggregateActor<A> {
@@ -219,10 +212,11 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                     Err(CommandError::Rejected(_)) => Outcome::Rejected,
                     Err(_) => Outcome::Failed,
                 });
-                let poisoned = matches!(
-                    result,
-                    Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
-                );
+                let poisoned = live.broken
+                    || matches!(
+                        result,
+                        Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
+                    );
                 let _ = reply.send(result);
                 if poisoned {
                     state.phase = Phase::Poisoned;
@@ -293,15 +287,11 @@ async fn execute<A: Aggregate>(
     command_id: Option<String>,
 ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
     if let Some(id) = &command_id
-        && let Some(done) = live.recent.iter().find(|r| &r.command_id == id)
+        && let Some(done) = live.recent.get(id)
     {
-        debug!(command_id = %id, "duplicate command id; returning the original outcome");
-        return Ok(Committed {
-            events: done.events.clone(),
-            seq: done.seq,
-            position: done.position,
-            deduplicated: true,
-        });
+        debug!(command_id = %short(id), "duplicate command id; returning the original outcome");
+        let done = done.clone();
+        return remembered_outcome::<A>(args, &done).await;
     }
     let key = &args.key;
     let events = match catch_unwind(AssertUnwindSafe(|| live.state.handle(command))) {
@@ -315,18 +305,26 @@ async fn execute<A: Aggregate>(
         }
     };
     if events.is_empty() {
-        // Remembered too: a retry must get this outcome even if the state has moved on.
+        // Remembered too: a retry must get this outcome even if the state has moved on. No
+        // event carries the id, so only a snapshot keeps it across passivation and crashes:
+        // written before the answer.
         if let Some(id) = command_id {
-            remember(
-                &mut live.recent,
-                args.shared.config.dedup_window,
-                RecentCommand {
-                    command_id: id,
-                    seq: live.seq,
-                    position: None,
-                    events: Vec::new(),
-                },
-            );
+            live.recent.remember(Remembered {
+                command_id: id,
+                seq: live.seq,
+                events: 0,
+                first_offset: None,
+                position: None,
+                timestamp_ms: now_ms(),
+            });
+            if let Err(reason) = snapshot(live, args).await {
+                return Err(CommandError::Storage {
+                    aggregate: short(key).into_owned(),
+                    source: StorageError::Closed(format!(
+                        "the snapshot that keeps the command id failed: {reason}"
+                    )),
+                });
+            }
         }
         return Ok(Committed {
             events,
@@ -335,23 +333,20 @@ async fn execute<A: Aggregate>(
             deduplicated: false,
         });
     }
-    let timestamp_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let timestamp_ms = now_ms();
     let mut records = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
-        let (event_type, event_version, payload) =
-            encode_event::<A>(event, &args.upcasters, &mut live.scratch).map_err(|reason| {
-                CommandError::Corrupt {
-                    aggregate: short(key).into_owned(),
-                    source: DecodeError {
-                        what: "new event (encoding)".into(),
-                        location: short(key).into_owned(),
-                        reason,
-                    },
-                }
-            })?;
+        let (event_type, event_version, payload) = unwind_to_err("encoding the event", || {
+            encode_event::<A>(event, &args.upcasters, &mut live.scratch)
+        })
+        .map_err(|reason| CommandError::Corrupt {
+            aggregate: short(key).into_owned(),
+            source: DecodeError {
+                what: "new event (encoding)".into(),
+                location: short(key).into_owned(),
+                reason,
+            },
+        })?;
         let envelope = EventEnvelopeRef {
             aggregate_type: A::TYPE,
             aggregate_id: &args.id,
@@ -400,13 +395,15 @@ async fn execute<A: Aggregate>(
     args.partition
         .commit_append(key, first..first + count, tail_values);
     if let Err(panic) = applied {
-        return Err(CommandError::Panicked {
-            aggregate: short(key).into_owned(),
-            message: format!(
-                "in apply, after the events were committed: {}",
-                panic_message(panic)
-            ),
-        });
+        // The events are durable: the caller must learn that the command committed (a
+        // retry without an id would apply it twice). The state is not to be trusted, so the
+        // actor restarts from the log, which has the events and their command id.
+        tracing::error!(
+            aggregate = %short(key),
+            panic = %panic_message(panic),
+            "apply panicked after the events were committed; restarting from the log"
+        );
+        live.broken = true;
     }
     live.seq += count;
     live.unsnapshotted += count;
@@ -416,16 +413,14 @@ async fn execute<A: Aggregate>(
     };
     live.last_offset = Some(position.offset);
     if let Some(id) = command_id {
-        remember(
-            &mut live.recent,
-            args.shared.config.dedup_window,
-            RecentCommand {
-                command_id: id,
-                seq: live.seq,
-                position: Some(position),
-                events: events.clone(),
-            },
-        );
+        live.recent.remember(Remembered {
+            command_id: id,
+            seq: live.seq,
+            events: count,
+            first_offset: Some(first),
+            position: Some(position),
+            timestamp_ms,
+        });
     }
     Ok(Committed {
         events,
@@ -435,14 +430,88 @@ async fn execute<A: Aggregate>(
     })
 }
 
-fn remember<E>(recent: &mut VecDeque<RecentCommand<E>>, window: usize, entry: RecentCommand<E>) {
-    if window == 0 {
-        return;
+/// The outcome of an earlier command with the same id: its events read back from the log.
+async fn remembered_outcome<A: Aggregate>(
+    args: &AggregateArgs,
+    done: &Remembered,
+) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+    let mut events = Vec::with_capacity(done.events as usize);
+    if let (Some(first), Some(last)) = (done.first_offset, done.position) {
+        let partition = args.partition.partition;
+        let first_seq = done.seq + 1 - done.events;
+        let mut from = first;
+        while from <= last.offset && (events.len() as u64) < done.events {
+            let max = (last.offset - from + 1) as usize;
+            let records = args
+                .shared
+                .backend
+                .read(partition, from, max.min(4096), std::time::Duration::ZERO)
+                .await
+                .map_err(|source| CommandError::Storage {
+                    aggregate: short(&args.key).into_owned(),
+                    source,
+                })?;
+            let Some(end) = records.last() else { break };
+            from = end.position.offset + 1;
+            for record in records.iter().filter(|r| r.key == args.key) {
+                let location = at(&args.key, record.position);
+                let corrupt = |source| CommandError::Corrupt {
+                    aggregate: short(&args.key).into_owned(),
+                    source,
+                };
+                let envelope = EventEnvelope::decode(&record.value, &location).map_err(corrupt)?;
+                if (first_seq..=done.seq).contains(&envelope.seq) {
+                    events.push(decode_guarded::<A>(&envelope, args, &location).map_err(corrupt)?);
+                }
+            }
+        }
+        if events.len() as u64 != done.events {
+            return Err(CommandError::Corrupt {
+                aggregate: short(&args.key).into_owned(),
+                source: DecodeError {
+                    what: format!("the events of command {}", short(&done.command_id)),
+                    location: at(&args.key, last),
+                    reason: format!(
+                        "{} of its {} events are in the log",
+                        events.len(),
+                        done.events
+                    ),
+                },
+            });
+        }
     }
-    while recent.len() >= window {
-        recent.pop_front();
-    }
-    recent.push_back(entry);
+    Ok(Committed {
+        events,
+        seq: done.seq,
+        position: done.position,
+        deduplicated: true,
+    })
+}
+
+/// Decodes (and upcasts) one event; a panic in an upcaster or in `Deserialize` is an error
+/// naming where the event is, like any other undecodable event.
+fn decode_guarded<A: Aggregate>(
+    envelope: &EventEnvelope,
+    args: &AggregateArgs,
+    location: &str,
+) -> Result<A::Event, DecodeError> {
+    let location_display: &dyn std::fmt::Display = &location;
+    catch_unwind(AssertUnwindSafe(|| {
+        envelope.decode_event::<A>(&args.upcasters, location_display)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(DecodeError {
+            what: format!("event {} v{}", envelope.event_type, envelope.event_version),
+            location: location.to_owned(),
+            reason: format!("decoding panicked: {}", panic_message(panic)),
+        })
+    })
+}
+
+/// Runs `f`, turning a panic into an error: for serde code that is the application's.
+fn unwind_to_err<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(format!("{what} panicked: {}", panic_message(panic))))
 }
 
 /// Loads the aggregate: its snapshot (if it decodes), then the events after it.
@@ -468,8 +537,9 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
             seq: 0,
             last_offset: None,
             unsnapshotted: 0,
-            recent: VecDeque::new(),
+            recent: DedupWindow::new(DedupLimits::of(&shared.config)),
             scratch: Vec::new(),
+            broken: false,
         };
         let stored = shared
             .backend
@@ -479,7 +549,7 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
         let mut from_snapshot = false;
         let mut unusable_snapshot = false;
         if let Some(bytes) = stored {
-            match restore::<A>(&bytes, key) {
+            match restore::<A>(&bytes, key, DedupLimits::of(&shared.config)) {
                 Ok((state, env, recent)) => {
                     live.state = state;
                     live.seq = env.seq;
@@ -487,12 +557,17 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
                     live.recent = recent;
                     from_snapshot = true;
                 }
-                Err(reason) => {
+                Err((reason, recent)) => {
                     warn!(
                         aggregate = %short(key),
                         %reason,
                         "snapshot cannot be used; rebuilding from the full history"
                     );
+                    // A window that still decodes (the state's version changed, say) keeps
+                    // the ids of commands without events, which no replay can give back.
+                    if let Some(recent) = recent {
+                        live.recent = recent;
+                    }
                     unusable_snapshot = true;
                 }
             }
@@ -528,28 +603,40 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
 }
 
 /// A decoded snapshot: the state, its envelope and its command window.
-type Restored<A> = (
-    A,
-    SnapshotEnvelope,
-    VecDeque<RecentCommand<<A as Aggregate>::Event>>,
-);
+type Restored<A> = (A, SnapshotEnvelope, DedupWindow);
 
-fn restore<A: Aggregate>(bytes: &[u8], key: &str) -> Result<Restored<A>, String> {
+/// Why a snapshot cannot be used, and its command window if that alone decodes.
+type Unusable = (String, Option<DedupWindow>);
+
+/// Decodes a snapshot. It is usable only whole: a state without its command window would
+/// forget which commands were applied, so a window that does not decode makes the
+/// snapshot unusable too (the replay of the whole history rebuilds both).
+fn restore<A: Aggregate>(
+    bytes: &[u8],
+    key: &str,
+    limits: DedupLimits,
+) -> Result<Restored<A>, Unusable> {
     let env = SnapshotEnvelope::decode(bytes, &format!("snapshot of {}", short(key)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), None))?;
+    let recent = unwind_to_err("decoding the command window", || {
+        DedupWindow::decode(&env.recent_commands, limits)
+    })
+    .map_err(|e| (format!("its command window does not decode: {e}"), None))?;
     if env.state_version != A::STATE_VERSION {
-        return Err(format!(
+        let reason = format!(
             "snapshot state version {} but this build writes {}",
             env.state_version,
             A::STATE_VERSION
-        ));
+        );
+        return Err((reason, Some(recent)));
     }
-    let state: A = rmp_serde::from_slice(&env.state).map_err(|e| e.to_string())?;
-    let recent = rmp_serde::from_slice(&env.recent_commands).unwrap_or_else(|e| {
-        warn!(aggregate = %short(key), error = %e, "snapshot's command window unreadable; starting empty");
-        VecDeque::new()
+    let state = unwind_to_err("decoding the state", || {
+        rmp_serde::from_slice::<A>(&env.state).map_err(|e| e.to_string())
     });
-    Ok((state, env, recent))
+    match state {
+        Ok(state) => Ok((state, env, recent)),
+        Err(reason) => Err((reason, Some(recent))),
+    }
 }
 
 /// Replays the events at `offsets` (ascending): from the partition's tail, and what it does
@@ -693,9 +780,8 @@ fn apply_record<A: Aggregate>(
             reason: format!("sequence gap: expected seq {}", live.seq + 1),
         }));
     }
-    let event = envelope
-        .decode_event::<A>(&args.upcasters, &location)
-        .map_err(ActivationFailure::Corrupt)?;
+    let event =
+        decode_guarded::<A>(&envelope, args, &location).map_err(ActivationFailure::Corrupt)?;
     catch_unwind(AssertUnwindSafe(|| live.state.apply(&event))).map_err(|panic| {
         ActivationFailure::Corrupt(DecodeError {
             what: format!("event {} (apply panicked)", envelope.event_type),
@@ -706,32 +792,19 @@ fn apply_record<A: Aggregate>(
     live.seq = envelope.seq;
     live.last_offset = Some(position.offset);
     live.unsnapshotted += 1;
-    if let Some(id) = envelope.command_id {
-        match live.recent.back_mut() {
-            Some(last) if last.command_id == id => {
-                last.events.push(event);
-                last.seq = live.seq;
-                last.position = Some(position);
-            }
-            _ => remember(
-                &mut live.recent,
-                args.shared.config.dedup_window,
-                RecentCommand {
-                    command_id: id,
-                    seq: live.seq,
-                    position: Some(position),
-                    events: vec![event],
-                },
-            ),
-        }
+    if let Some(id) = &envelope.command_id {
+        live.recent
+            .replayed(id, live.seq, position, envelope.timestamp_ms);
     }
     Ok(1)
 }
 
 /// Writes a snapshot of the live state and marks its events covered in the recovery index.
 async fn snapshot<A: Aggregate>(live: &mut Live<A>, args: &AggregateArgs) -> Result<(), String> {
-    let state = rmp_serde::to_vec_named(&live.state).map_err(|e| e.to_string())?;
-    let recent = rmp_serde::to_vec_named(&live.recent).map_err(|e| e.to_string())?;
+    let state = unwind_to_err("encoding the state", || {
+        rmp_serde::to_vec_named(&live.state).map_err(|e| e.to_string())
+    })?;
+    let recent = live.recent.encode()?;
     let envelope = SnapshotEnvelope {
         seq: live.seq,
         covered_offset: live.last_offset,

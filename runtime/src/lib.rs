@@ -18,6 +18,7 @@
 //! | `shard.rs` | the shard actor per partition: get-or-spawn, passivation, recovery |
 //! | `partition.rs` | the recovery index and checkpoint of one partition |
 //! | `instance.rs` | the aggregate actor: activation, one command at a time, snapshots |
+//! | `dedup.rs` | the command ids an aggregate remembers, by count and by age |
 //! | `testkit.rs` | [`TestFramework`]: given/when/then for aggregates, no runtime |
 //! | `metrics.rs` | metric names |
 //! | `error.rs` | [`CommandError`], [`StorageError`], [`DecodeError`], [`Error`] |
@@ -27,6 +28,7 @@
 
 mod aggregate;
 mod config;
+mod dedup;
 mod envelope;
 mod error;
 mod handle;

@@ -487,9 +487,21 @@ impl RuntimeBuilder {
         self
     }
 
-    /// How many command ids each aggregate remembers. Default = 128.
+    /// How many command ids each aggregate remembers at least. Default = 128.
     pub fn dedup_window(mut self, window: usize) -> Self {
         self.config.dedup_window = window;
+        self
+    }
+
+    /// See [`RuntimeConfig::dedup_retention`]. Default = 10 min.
+    pub fn dedup_retention(mut self, retention: Duration) -> Self {
+        self.config.dedup_retention = retention;
+        self
+    }
+
+    /// See [`RuntimeConfig::dedup_max_ids`]. Default = 4 096.
+    pub fn dedup_max_ids(mut self, max: usize) -> Self {
+        self.config.dedup_max_ids = max;
         self
     }
 

@@ -324,3 +324,256 @@ async fn a_checkpoint_beyond_the_end_of_its_partition_is_corrupt() {
         "{text}"
     );
 }
+
+async fn send_once(
+    accounts: &keel::AggregateHandle<Account>,
+    id: &str,
+    command: Cmd,
+    command_id: &str,
+) -> keel::Committed<common::AccountEvent> {
+    accounts
+        .send_with(id, command, SendOptions::with_id(command_id))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_command_window_does_not_decode_is_not_used() {
+    let log = Arc::new(MemoryLog::new(1));
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<Account>();
+    send_once(&accounts, "a", Cmd::Deposit(5), "d1").await;
+    runtime.shutdown().await.unwrap();
+    let stored = log
+        .load_snapshot(0, "Account/a".into())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut snapshot = keel::SnapshotEnvelope::decode(&stored, &"test").unwrap();
+    snapshot.recent_commands = vec![0xc1, 0x00];
+    log.save_snapshot(0, "Account/a".into(), snapshot.encode())
+        .await
+        .unwrap();
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<Account>();
+    let retry = send_once(&accounts, "a", Cmd::Deposit(5), "d1").await;
+    assert!(retry.deduplicated);
+    assert_eq!(accounts.query("a", |s| s.balance).await.unwrap(), 5);
+    runtime.shutdown().await.unwrap();
+}
+
+/// `Account` under a new state version: its old snapshots no longer decode as its state.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct AccountV2(Account);
+
+impl keel::Aggregate for AccountV2 {
+    const TYPE: &'static str = "Account";
+    const STATE_VERSION: u32 = 2;
+    type Command = Cmd;
+    type Event = common::AccountEvent;
+    type Error = common::AccountError;
+    fn handle(&self, command: Cmd) -> Result<Vec<common::AccountEvent>, common::AccountError> {
+        self.0.handle(command)
+    }
+    fn apply(&mut self, event: &common::AccountEvent) {
+        self.0.apply(event)
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_command_ids_survive_snapshot_restarts_state_version_bumps_and_crashes() {
+    let log = Arc::new(MemoryLog::new(2));
+    let mut acknowledged: Vec<(String, Cmd, String)> = Vec::new();
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<Account>();
+    for (i, command) in [Cmd::Deposit(5), Cmd::Noop, Cmd::Burst(2), Cmd::Noop]
+        .into_iter()
+        .enumerate()
+    {
+        let (id, command_id) = (format!("a{}", i % 2), format!("c{i}"));
+        send_once(&accounts, &id, command.clone(), &command_id).await;
+        acknowledged.push((id, command, command_id));
+    }
+    let retry_all = |runtime: Runtime, acknowledged: Vec<(String, Cmd, String)>| async move {
+        let accounts = runtime.aggregate::<Account>();
+        for (id, command, command_id) in &acknowledged {
+            // A retry of a command that caused nothing, now sent as one that would append.
+            let command = match command {
+                Cmd::Noop => Cmd::Deposit(1000),
+                other => other.clone(),
+            };
+            let retry = send_once(&accounts, id, command, command_id).await;
+            assert!(retry.deduplicated, "{command_id} applied twice");
+        }
+        runtime
+    };
+    // A restart from snapshots (written on shutdown).
+    runtime.shutdown().await.unwrap();
+    let runtime = retry_all(start(log.clone()).await, acknowledged.clone()).await;
+    // A crash: nothing snapshotted on the way down.
+    let accounts = runtime.aggregate::<Account>();
+    send_once(&accounts, "a0", Cmd::Noop, "c4").await;
+    send_once(&accounts, "a1", Cmd::Deposit(1), "c5").await;
+    acknowledged.push(("a0".into(), Cmd::Noop, "c4".into()));
+    acknowledged.push(("a1".into(), Cmd::Deposit(1), "c5".into()));
+    runtime.abort().await;
+    let runtime = retry_all(start(log.clone()).await, acknowledged.clone()).await;
+    runtime.shutdown().await.unwrap();
+    // A new state version: every snapshot's state is unusable.
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<AccountV2>();
+    for (id, command, command_id) in &acknowledged {
+        let command = match command {
+            Cmd::Noop => Cmd::Deposit(1000),
+            other => other.clone(),
+        };
+        let retry = accounts
+            .send_with(id, command, SendOptions::with_id(command_id.as_str()))
+            .await
+            .unwrap();
+        assert!(
+            retry.deduplicated,
+            "{command_id} applied twice after a version bump"
+        );
+    }
+    assert_eq!(accounts.query("a0", |s| s.0.balance).await.unwrap(), 7);
+    assert_eq!(accounts.query("a1", |s| s.0.balance).await.unwrap(), 1);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_after_a_thousand_other_commands_within_the_retention_is_deduplicated() {
+    let log = Arc::new(MemoryLog::new(1));
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<Account>();
+    let first = send_once(&accounts, "hot", Cmd::Burst(2), "first").await;
+    for i in 0..1000 {
+        send_once(&accounts, "hot", Cmd::Deposit(1), &format!("other-{i}")).await;
+    }
+    let retry = send_once(&accounts, "hot", Cmd::Burst(2), "first").await;
+    assert!(retry.deduplicated);
+    assert_eq!((retry.seq, retry.position), (first.seq, first.position));
+    assert_eq!(
+        retry.events, first.events,
+        "the first outcome, read back from the log"
+    );
+    // Kept across a snapshot restart and, rebuilt from the events, across a crash.
+    runtime.shutdown().await.unwrap();
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<Account>();
+    assert!(
+        send_once(&accounts, "hot", Cmd::Burst(2), "first")
+            .await
+            .deduplicated
+    );
+    runtime.abort().await;
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<Account>();
+    assert!(
+        send_once(&accounts, "hot", Cmd::Burst(2), "first")
+            .await
+            .deduplicated
+    );
+    assert_eq!(accounts.query("hot", |s| s.balance).await.unwrap(), 1002);
+    runtime.shutdown().await.unwrap();
+}
+
+static APPLY_PANICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An account whose `apply` panics once on a deposit of 13, while told to.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Fragile(Account);
+
+impl keel::Aggregate for Fragile {
+    const TYPE: &'static str = "Fragile";
+    type Command = Cmd;
+    type Event = common::AccountEvent;
+    type Error = common::AccountError;
+    fn handle(&self, command: Cmd) -> Result<Vec<common::AccountEvent>, common::AccountError> {
+        self.0.handle(command)
+    }
+    fn apply(&mut self, event: &common::AccountEvent) {
+        if *event == (common::AccountEvent::Deposited { amount: 13 })
+            && APPLY_PANICS.swap(false, Ordering::SeqCst)
+        {
+            panic!("apply is broken");
+        }
+        self.0.apply(event)
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_apply_after_the_append_reports_the_command_committed() {
+    let log = Arc::new(MemoryLog::new(1));
+    let runtime = start(log.clone()).await;
+    let fragile = runtime.aggregate::<Fragile>();
+    fragile.send("f", Cmd::Deposit(1)).await.unwrap();
+    APPLY_PANICS.store(true, Ordering::SeqCst);
+    let committed = fragile.send("f", Cmd::Deposit(13)).await.unwrap();
+    assert_eq!(committed.seq, 2);
+    assert!(!committed.deduplicated);
+    // The actor restarted from the log, which has the event.
+    assert_eq!(fragile.query("f", |s| s.0.balance).await.unwrap(), 14);
+    assert_eq!(fragile.send("f", Cmd::Deposit(1)).await.unwrap().seq, 3);
+    assert_eq!(log.all_records().len(), 3);
+    runtime.shutdown().await.unwrap();
+}
+
+/// An account whose events of version 1 go through an upcaster that panics.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Upcasted(Account);
+
+impl keel::Aggregate for Upcasted {
+    const TYPE: &'static str = "Upcasted";
+    type Command = Cmd;
+    type Event = common::AccountEvent;
+    type Error = common::AccountError;
+    fn handle(&self, command: Cmd) -> Result<Vec<common::AccountEvent>, common::AccountError> {
+        self.0.handle(command)
+    }
+    fn apply(&mut self, event: &common::AccountEvent) {
+        self.0.apply(event)
+    }
+    fn upcasters() -> keel::Upcasters {
+        keel::Upcasters::new().register("Deposited", 1, |_| panic!("upcaster bug"))
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_upcaster_is_corrupt_naming_aggregate_partition_and_offset() {
+    let log = Arc::new(MemoryLog::new(1));
+    let payload = rmp_serde::to_vec_named(&common::AccountEvent::Deposited { amount: 1 }).unwrap();
+    let envelope = keel::EventEnvelope {
+        aggregate_type: "Upcasted".into(),
+        aggregate_id: "u".into(),
+        seq: 1,
+        event_type: "Deposited".into(),
+        event_version: 1,
+        command_id: None,
+        timestamp_ms: 0,
+        payload,
+    };
+    log.append(
+        0,
+        vec![LogRecord {
+            key: "Upcasted/u".into(),
+            value: envelope.encode(),
+        }],
+    )
+    .await
+    .unwrap();
+    let runtime = start(log.clone()).await;
+    let err = runtime
+        .aggregate::<Upcasted>()
+        .send("u", Cmd::Deposit(1))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, CommandError::Corrupt { .. }), "{text}");
+    assert!(
+        text.contains("Upcasted/u") && text.contains("partition 0") && text.contains("offset 0"),
+        "{text}"
+    );
+    assert!(text.contains("upcaster bug"), "{text}");
+    runtime.shutdown().await.unwrap();
+}
