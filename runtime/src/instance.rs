@@ -19,7 +19,7 @@ use crate::envelope::{EventEnvelope, EventEnvelopeRef, SnapshotEnvelope, Upcaste
 use crate::error::{CommandError, DecodeError, StorageError, at, short};
 use crate::log::{LogRecord, Offset, Position};
 use crate::metrics::{self as m, CommandMetrics, Outcome};
-use crate::partition::PartitionState;
+use crate::partition::{PartitionState, Replay};
 use crate::runtime::{InFlightPermit, Shared};
 
 /// The outcome of a committed command.
@@ -579,10 +579,12 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
             find_failed_appends(args, floor).await?;
         }
         let replayed = if unusable_snapshot {
-            replay_full(&mut live, args).await?
+            replay_range(&mut live, args, 0, None).await?
         } else {
-            let offsets = args.partition.offsets_after(key, live.last_offset);
-            replay_offsets(&mut live, args, &offsets).await?
+            match args.partition.replay_after(key, live.last_offset) {
+                Replay::Offsets(offsets) => replay_offsets(&mut live, args, &offsets).await?,
+                Replay::Scan { from, to } => replay_range(&mut live, args, from, Some(to)).await?,
+            }
         };
         tracing::Span::current().record("from_snapshot", from_snapshot);
         tracing::Span::current().record("replayed", replayed);
@@ -729,20 +731,26 @@ async fn find_failed_appends(args: &AggregateArgs, floor: Offset) -> Result<(), 
     Ok(())
 }
 
-/// Replays every event of the aggregate from the start of its partition: the fallback when
-/// its snapshot cannot be used.
-async fn replay_full<A: Aggregate>(
+/// Replays the events of the aggregate from `from` to `to` (inclusive; the partition's end
+/// when `None`) by scanning the partition: from 0 when its snapshot cannot be used, over its
+/// span when the recovery index does not list its offsets.
+async fn replay_range<A: Aggregate>(
     live: &mut Live<A>,
     args: &AggregateArgs,
+    from: Offset,
+    to: Option<Offset>,
 ) -> Result<u64, ActivationFailure> {
     let partition = args.partition.partition;
-    let end = args
-        .shared
-        .backend
-        .end_offset(partition)
-        .await
-        .map_err(ActivationFailure::Storage)?;
-    let mut from = 0;
+    let end = match to {
+        Some(to) => to + 1,
+        None => args
+            .shared
+            .backend
+            .end_offset(partition)
+            .await
+            .map_err(ActivationFailure::Storage)?,
+    };
+    let mut from = from;
     let mut replayed = 0;
     while from < end {
         let records = args
@@ -753,7 +761,10 @@ async fn replay_full<A: Aggregate>(
             .map_err(ActivationFailure::Storage)?;
         let Some(last) = records.last() else { break };
         from = last.position.offset + 1;
-        for record in records.iter().filter(|r| r.key == args.key) {
+        for record in records
+            .iter()
+            .filter(|r| r.key == args.key && r.position.offset < end)
+        {
             replayed += apply_record(live, args, &record.value, record.position)?;
         }
     }

@@ -14,7 +14,7 @@
 //!   from there to the end into the recovery index and drops what snapshots already cover.
 //! - **Maintenance.** A periodic tick passivates idle actors and commits the checkpoint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -58,8 +58,15 @@ pub(crate) struct AggregateType {
     pub(crate) compact: Box<dyn Fn(&ActorCell) -> bool + Send + Sync>,
 }
 
-/// How many pinning aggregates a shard settles per maintenance tick.
-const SETTLE_PER_TICK: usize = 8;
+/// How many pinning aggregates a shard settles at once; each one settled starts the next.
+const SETTLE_CONCURRENCY: usize = 8;
+
+/// How many pinning keys one settling step looks at, at most: live, unloadable and
+/// unregistered ones are passed over, so this bounds a step's work however many there are.
+const SETTLE_VISITS: usize = 256;
+
+/// How long an aggregate that failed to settle is passed over before it is tried again.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub(crate) type ActivateReply = oneshot::Sender<Result<Arc<LiveEntry>, ActivateError>>;
 
@@ -88,6 +95,20 @@ pub(crate) enum ShardMsg {
 
 pub(crate) struct Shard;
 
+/// Where settling is in its walk over the keys that hold the checkpoint back.
+#[derive(Default)]
+struct Settling {
+    /// The walk goes on from the keys whose first uncovered event is at or above this.
+    cursor: Offset,
+    /// Keys being settled now.
+    running: HashSet<String>,
+    /// Keys that could not be settled: the offset they held the checkpoint at then, and
+    /// when. They are passed over until they move or `SETTLE_RETRY` has passed.
+    stuck: HashMap<String, (Offset, tokio::time::Instant)>,
+    /// Aggregate types whose keys were passed over (no handle asked for yet): warned once.
+    unregistered: HashSet<String>,
+}
+
 /// A recovered partition, ready to be served (see [`recover`]).
 pub(crate) struct ShardArgs {
     pub(crate) shared: Arc<Shared>,
@@ -104,6 +125,7 @@ pub(crate) struct ShardState {
     /// Activations waiting for a draining actor of the same key to stop.
     waiting: HashMap<String, Vec<(Spawner, ActivateReply)>>,
     committed_checkpoint: Offset,
+    settling: Settling,
     /// When the checkpoint was last committed (or loaded); `None` before the first commit.
     committed_at: Option<tokio::time::Instant>,
     stopping: Option<Vec<oneshot::Sender<()>>>,
@@ -134,6 +156,7 @@ impl Actor for Shard {
             keys: HashMap::new(),
             waiting: HashMap::new(),
             committed_checkpoint: checkpoint,
+            settling: Settling::default(),
             committed_at: None,
             stopping: None,
         })
@@ -195,11 +218,18 @@ impl Actor for Shard {
         }
         state.actors.remove(&key);
         state.shared.unregister(&key, id);
+        let settled = state.settling.running.remove(&key);
         let live = state.shared.live.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!(m::LIVE_ACTORS).set(live as f64);
         if let Some(waiters) = state.waiting.remove(&key) {
             for (spawner, reply) in waiters {
                 state.activate(&myself, key.clone(), spawner, reply).await;
+            }
+        }
+        if settled {
+            state.settled(&key);
+            if state.stopping.is_none() {
+                state.settle(&myself).await;
             }
         }
         state.finish_stop_if_done(&myself).await;
@@ -275,37 +305,99 @@ impl ShardState {
         self.commit_checkpoint().await;
     }
 
-    /// Activates and snapshots a few aggregates that are not live but have events no snapshot
+    /// Activates and snapshots aggregates that are not live but have events no snapshot
     /// covers — after a crash, the ones that hold the checkpoint (and so the next recovery's
     /// scan) back. Normal passivation never leaves such aggregates behind.
+    ///
+    /// It walks the keys by first uncovered event, from where it stopped last, a bounded
+    /// number per step, and keeps up to `SETTLE_CONCURRENCY` settling; each one that stops
+    /// starts the next, so the pace is the activations', not the tick's. Keys it cannot
+    /// load (their type has no handle yet, their history does not load) are reported and
+    /// passed over: they hold the checkpoint, never the others' settling.
     async fn settle(&mut self, myself: &ActorRef<ShardMsg>) {
-        for key in self.part.pinning_keys(SETTLE_PER_TICK) {
-            if self.actors.contains_key(&key) {
+        if self.settling.running.len() >= SETTLE_CONCURRENCY {
+            return;
+        }
+        let (keys, reached_end) = self
+            .part
+            .pinning_keys_from(self.settling.cursor, SETTLE_VISITS);
+        let mut cursor = if reached_end { 0 } else { self.settling.cursor };
+        for (first, key) in keys {
+            if self.settling.running.len() >= SETTLE_CONCURRENCY {
+                break;
+            }
+            if !reached_end {
+                cursor = first + 1;
+            }
+            if self.actors.contains_key(&key) || self.settling.running.contains(&key) {
                 continue; // live: it snapshots when passivated
             }
-            let Some((type_name, id)) = key.split_once('/') else {
+            if let Some((at, since)) = self.settling.stuck.get(&key)
+                && *at == first
+                && since.elapsed() < SETTLE_RETRY
+            {
+                continue;
+            }
+            let aggregate_type = key.split_once('/').and_then(|(type_name, id)| {
+                let found = self
+                    .shared
+                    .aggregate_types
+                    .get(type_name)
+                    .map(|t| t.clone());
+                if found.is_none() && self.settling.unregistered.insert(type_name.to_owned()) {
+                    warn!(
+                        partition = self.part.partition,
+                        aggregate_type = %short(type_name),
+                        "aggregates of a type without a handle hold the checkpoint back; \
+                         they settle once the application asks for the type's handle"
+                    );
+                }
+                found.map(|t| (t, id.to_owned()))
+            });
+            let Some((aggregate_type, id)) = aggregate_type else {
+                // Checked again in SETTLE_RETRY: the handle may have been asked for by then.
+                let now = tokio::time::Instant::now();
+                if self.settling.stuck.insert(key, (first, now)).is_none() {
+                    metrics::counter!(m::SETTLE_SKIPPED, "reason" => "unregistered").increment(1);
+                }
                 continue;
             };
-            let Some(aggregate_type) = self
-                .shared
-                .aggregate_types
-                .get(type_name)
-                .map(|t| t.clone())
-            else {
-                continue; // the application has not asked for this type's handle yet
-            };
-            let spawner =
-                (aggregate_type.spawner)(self.shared.clone(), key.clone(), id.to_string());
+            let spawner = (aggregate_type.spawner)(self.shared.clone(), key.clone(), id);
             let (reply, _) = oneshot::channel();
             self.activate(myself, key.clone(), spawner, reply).await;
             if let Some(entry) = self.actors.get(&key) {
                 entry.queued.fetch_add(1, Ordering::Relaxed);
-                if !(aggregate_type.compact)(&entry.cell) {
+                if (aggregate_type.compact)(&entry.cell) {
+                    self.settling.running.insert(key.clone());
+                } else {
                     entry.queued.fetch_sub(1, Ordering::Relaxed);
                 }
                 debug!(aggregate = %short(&key), "settling an aggregate that holds the checkpoint back");
             }
         }
+        self.settling.cursor = cursor;
+    }
+
+    /// The actor settling `key` has stopped: if the key still holds the checkpoint back,
+    /// it could not be loaded or snapshotted, and is passed over for a while.
+    fn settled(&mut self, key: &str) {
+        let Some(at) = self.part.pinned_at(key) else {
+            self.settling.stuck.remove(key);
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if let Some(stuck) = self.settling.stuck.get_mut(key) {
+            *stuck = (at, now); // reported already
+            return;
+        }
+        metrics::counter!(m::SETTLE_SKIPPED, "reason" => "unloadable").increment(1);
+        warn!(
+            partition = self.part.partition,
+            aggregate = %short(key),
+            offset = at,
+            "an aggregate that holds the checkpoint back cannot be settled; passed over"
+        );
+        self.settling.stuck.insert(key.to_owned(), (at, now));
     }
 
     async fn commit_checkpoint(&mut self) {

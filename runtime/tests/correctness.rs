@@ -577,3 +577,101 @@ async fn a_panicking_upcaster_is_corrupt_naming_aggregate_partition_and_offset()
     assert!(text.contains("upcaster bug"), "{text}");
     runtime.shutdown().await.unwrap();
 }
+
+fn account_event(id: &str, seq: u64) -> LogRecord {
+    let payload = rmp_serde::to_vec_named(&common::AccountEvent::Deposited { amount: 1 }).unwrap();
+    let envelope = keel::EventEnvelope {
+        aggregate_type: "Account".into(),
+        aggregate_id: id.into(),
+        seq,
+        event_type: "Deposited".into(),
+        event_version: 1,
+        command_id: None,
+        timestamp_ms: 0,
+        payload,
+    };
+    LogRecord {
+        key: aggregate_key("Account", id),
+        value: envelope.encode(),
+    }
+}
+
+#[tokio::test]
+async fn settling_moves_past_keys_it_cannot_load() {
+    let log = Arc::new(MemoryLog::new(1));
+    // As a crash leaves them: the lowest offsets belong to keys no handle can load (a type
+    // this application never registers, a corrupt history), then twenty plain aggregates.
+    let mut records: Vec<LogRecord> = (0..9)
+        .map(|i| LogRecord {
+            key: format!("Other/x{i}"),
+            value: vec![1, 2, 3],
+        })
+        .collect();
+    records.push(LogRecord {
+        key: "Account/bad".into(),
+        value: vec![0xc1],
+    });
+    records.extend((0..20).map(|i| account_event(&format!("a{i}"), 1)));
+    log.append(0, records).await.unwrap();
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .maintenance_interval(Duration::from_millis(1))
+        .start()
+        .await
+        .unwrap();
+    let _accounts = runtime.aggregate::<Account>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshots = log.snapshot_keys();
+        if (0..20).all(|i| snapshots.contains_key(&format!("Account/a{i}"))) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "settling is stuck: {snapshots:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runtime.shutdown().await.unwrap();
+    // The keys it could not load still hold the checkpoint: their events are not covered.
+    let checkpoint = log
+        .load_checkpoint("keel.recovery".into(), 0)
+        .await
+        .unwrap();
+    assert_eq!(checkpoint, Some(0));
+}
+
+#[tokio::test]
+async fn an_aggregate_with_more_uncovered_events_than_the_index_lists_replays_them_all() {
+    let log = Arc::new(MemoryLog::new(1));
+    let mut records = Vec::new();
+    for seq in 1..=1500 {
+        records.push(account_event("hot", seq));
+        records.push(account_event(&format!("cold{}", seq % 7), seq / 7 + 1));
+        if seq % 7 != 6 {
+            records.pop(); // keep the cold keys' sequences dense
+        }
+    }
+    log.append(0, records).await.unwrap();
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(SnapshotPolicy {
+            after_long_replay: false,
+            on_passivation: false,
+            ..SnapshotPolicy::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let accounts = runtime.aggregate::<Account>();
+    assert_eq!(accounts.query("hot", |s| s.balance).await.unwrap(), 1500);
+    assert_eq!(
+        accounts.send("hot", Cmd::Deposit(1)).await.unwrap().seq,
+        1501
+    );
+    runtime.abort().await;
+    let runtime = start(log.clone()).await;
+    let accounts = runtime.aggregate::<Account>();
+    assert_eq!(accounts.query("hot", |s| s.balance).await.unwrap(), 1501);
+    runtime.shutdown().await.unwrap();
+}
