@@ -566,7 +566,7 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
                     // A window that still decodes (the state's version changed, say) keeps
                     // the ids of commands without events, which no replay can give back.
                     if let Some(recent) = recent {
-                        live.recent = recent;
+                        live.recent = *recent;
                     }
                     unusable_snapshot = true;
                 }
@@ -608,7 +608,7 @@ async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, Activat
 type Restored<A> = (A, SnapshotEnvelope, DedupWindow);
 
 /// Why a snapshot cannot be used, and its command window if that alone decodes.
-type Unusable = (String, Option<DedupWindow>);
+type Unusable = (String, Option<Box<DedupWindow>>);
 
 /// Decodes a snapshot. It is usable only whole: a state without its command window would
 /// forget which commands were applied, so a window that does not decode makes the
@@ -630,14 +630,14 @@ fn restore<A: Aggregate>(
             env.state_version,
             A::STATE_VERSION
         );
-        return Err((reason, Some(recent)));
+        return Err((reason, Some(Box::new(recent))));
     }
     let state = unwind_to_err("decoding the state", || {
         rmp_serde::from_slice::<A>(&env.state).map_err(|e| e.to_string())
     });
     match state {
         Ok(state) => Ok((state, env, recent)),
-        Err(reason) => Err((reason, Some(recent))),
+        Err(reason) => Err((reason, Some(Box::new(recent)))),
     }
 }
 

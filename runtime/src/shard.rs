@@ -292,7 +292,7 @@ impl ShardState {
                 && self.shared.passivate(key, entry)
             {
                 metrics::counter!(m::PASSIVATIONS, "reason" => "idle").increment(1);
-                debug!(aggregate = %short(&key), "passivating idle actor");
+                debug!(aggregate = %short(key), "passivating idle actor");
             }
         }
         let live = self.shared.live.load(Ordering::Relaxed);
@@ -470,7 +470,7 @@ async fn snapshot_coverage(
         Ok(snapshot) => Ok(snapshot.covered_offset),
         // Left uncovered: the aggregate will rebuild when activated.
         Err(e) => {
-            warn!(aggregate = %short(&key), error = %e, "unreadable snapshot during recovery");
+            warn!(aggregate = %short(key), error = %e, "unreadable snapshot during recovery");
             Ok(None)
         }
     }

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use keel::{
     CheckpointStore, CommandError, EmbeddedLog, Error, EventLog, LogBackend, LogRecord, MemoryLog,
     Offset, Runtime, SendOptions, SnapshotPolicy, SnapshotStore, StorageError, StoredRecord,
-    aggregate_key, partition_for,
+    aggregate_key,
 };
 
 async fn start(log: Arc<MemoryLog>) -> Runtime {
@@ -264,7 +264,7 @@ async fn an_assign_waits_for_the_revoked_shard_of_its_partition_to_stop() {
         let accounts = accounts.clone();
         async move { accounts.send("a", Cmd::Deposit(1)).await }
     });
-    while gated.inner.all_records().len() < 1 || !runtime.is_live::<Account>("a") {
+    while gated.inner.all_records().is_empty() || !runtime.is_live::<Account>("a") {
         tokio::task::yield_now().await;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
