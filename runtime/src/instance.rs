@@ -217,10 +217,14 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                         result,
                         Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
                     );
+                if poisoned {
+                    // Drained before the answer, so a retry sent on the answer finds the
+                    // mailbox closed and waits for a fresh activation instead of failing here.
+                    stop(&myself, &state.args);
+                }
                 let _ = reply.send(result);
                 if poisoned {
                     state.phase = Phase::Poisoned;
-                    stop(&myself, &state.args);
                 } else if live.unsnapshotted >= state.args.shared.config.snapshots.every_events
                     && let Err(e) = snapshot(live, &state.args).await
                 {
