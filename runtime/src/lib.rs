@@ -16,8 +16,8 @@
 //! | `config.rs` | [`RuntimeConfig`], [`SnapshotPolicy`]: limits and timers with their defaults |
 //! | `handle.rs` | [`AggregateHandle`]: the typed command API |
 //! | `shard.rs` | the shard actor per partition: get-or-spawn, passivation, recovery |
-//! | `partition.rs` | the recovery index and checkpoint of one partition |
-//! | `instance.rs` | the aggregate actor: activation, one command at a time, snapshots |
+//! | `partition.rs` (+ `partition/uncovered.rs`) | the recovery index, tail and checkpoint of one partition |
+//! | `instance.rs` (+ `instance/activation.rs`) | the aggregate actor: activation, one command at a time, snapshots |
 //! | `dedup.rs` | the command ids an aggregate remembers, by count and by age |
 //! | `testkit.rs` | [`TestFramework`]: given/when/then for aggregates, no runtime |
 //! | `metrics.rs` | metric names |

@@ -525,6 +525,34 @@ mod tests {
     }
 
     #[test]
+    fn the_walk_over_pinning_keys_visits_each_once_in_bounded_steps() {
+        let p = PartitionState::new(0, 0, budget());
+        let keys = 100_000u64;
+        for offset in 0..keys {
+            p.record(&format!("A/{offset}"), [offset]);
+        }
+        let (mut cursor, mut seen, mut steps) = (0, 0, 0);
+        loop {
+            let (batch, reached_end) = p.pinning_keys_from(cursor, 256);
+            assert!(batch.len() <= 256);
+            seen += batch.len() as u64;
+            steps += 1;
+            if reached_end {
+                break;
+            }
+            cursor = batch.last().map_or(cursor, |(offset, _)| offset + 1);
+        }
+        assert_eq!(seen, keys);
+        assert_eq!(
+            steps,
+            keys.div_ceil(256) + u64::from(keys.is_multiple_of(256))
+        );
+        assert_eq!(p.checkpoint(), 0);
+        p.covered("A/0", 0);
+        assert_eq!(p.checkpoint(), 1);
+    }
+
+    #[test]
     fn an_uncertain_append_holds_the_checkpoint_until_resolved() {
         let p = PartitionState::new(0, 0, budget());
         p.record("A/1", [0, 1]);
