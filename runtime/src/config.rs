@@ -47,8 +47,16 @@ pub struct RuntimeConfig {
     pub snapshots: SnapshotPolicy,
     /// The default timeout of a command, from send to reply. Default = 30 s.
     pub command_timeout: Duration,
-    /// How many recent command ids each aggregate remembers for deduplication. Default = 128.
+    /// Each aggregate remembers at least its last this many command ids for deduplication.
+    /// Default = 128.
     pub dedup_window: usize,
+    /// Each aggregate also remembers every command id younger than this (by the time its
+    /// command committed), however many commands came since. Default = 10 min.
+    pub dedup_retention: Duration,
+    /// The hard cap on the command ids one aggregate remembers, whatever `dedup_window` and
+    /// `dedup_retention` say: it bounds the window's memory and its snapshot's size (each id
+    /// costs its bytes plus about 60). Default = 4 096.
+    pub dedup_max_ids: usize,
     /// How often shards look for idle actors and commit their recovery checkpoint.
     /// Default = 1 s (and never more than half the idle timeout).
     pub maintenance_interval: Duration,
@@ -64,7 +72,16 @@ pub struct RuntimeConfig {
     /// events reads them in one sequential pass per partition, shared by every activation
     /// waiting. 0 turns the tails off. Default = 64 MiB.
     pub tail_cache_bytes: usize,
+    /// The longest aggregate id (and command id) accepted, in bytes; a longer or an empty
+    /// one is refused with [`CommandError::InvalidId`](crate::CommandError::InvalidId)
+    /// before anything is touched. At most [`MAX_ID_BYTES_LIMIT`], which keeps every key
+    /// within every backend's limit (fjall: 65 535 bytes). Default = 4 KiB.
+    pub max_id_bytes: usize,
 }
+
+/// The largest [`RuntimeConfig::max_id_bytes`] allowed: an aggregate key (type name, `/`,
+/// id) plus a backend's own prefix stays below 65 535 bytes.
+pub const MAX_ID_BYTES_LIMIT: usize = 60_000;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -78,9 +95,12 @@ impl Default for RuntimeConfig {
             snapshots: SnapshotPolicy::default(),
             command_timeout: Duration::from_secs(30),
             dedup_window: 128,
+            dedup_retention: Duration::from_secs(600),
+            dedup_max_ids: 4096,
             maintenance_interval: Duration::from_secs(1),
             checkpoint_refresh: Duration::from_secs(3600),
             tail_cache_bytes: 64 << 20,
+            max_id_bytes: 4096,
         }
     }
 }
@@ -99,6 +119,7 @@ impl RuntimeConfig {
                 "snapshots.every_events",
                 self.snapshots.every_events as usize,
             ),
+            ("max_id_bytes", self.max_id_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -113,8 +134,29 @@ impl RuntimeConfig {
                 "idle_timeout, maintenance_interval and checkpoint_refresh must be positive".into(),
             ));
         }
+        if self.max_id_bytes > MAX_ID_BYTES_LIMIT {
+            return Err(crate::Error::Config(format!(
+                "max_id_bytes must be at most {MAX_ID_BYTES_LIMIT}"
+            )));
+        }
         if self.app_id.is_empty() {
             return Err(crate::Error::Config("app_id must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks an aggregate id (or, with `what` = "command id", a command id) against the
+    /// configured limits.
+    pub(crate) fn check_id(&self, what: &str, id: &str) -> Result<(), String> {
+        if id.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        if id.len() > self.max_id_bytes {
+            return Err(format!(
+                "{what} {} is longer than max_id_bytes ({})",
+                crate::error::short(id),
+                self.max_id_bytes
+            ));
         }
         Ok(())
     }

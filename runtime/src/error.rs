@@ -129,6 +129,14 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// The runtime is shutting down and takes no more commands.
     #[error("runtime is shutting down")]
     ShuttingDown,
+    /// The aggregate id or the command id is not one keel can store (empty, or longer than
+    /// [`RuntimeConfig::max_id_bytes`](crate::RuntimeConfig::max_id_bytes)); nothing was
+    /// touched. Do not retry as is.
+    #[error("invalid id: {reason}")]
+    InvalidId {
+        /// What is wrong with it (the id itself shortened).
+        reason: String,
+    },
 }
 
 impl<E: std::error::Error + 'static> CommandError<E> {
@@ -177,7 +185,34 @@ pub enum Error {
 /// Where a record sits, for error messages.
 pub(crate) fn at(key: &str, position: Position) -> String {
     format!(
-        "aggregate {key}, partition {}, offset {}",
-        position.partition, position.offset
+        "aggregate {}, partition {}, offset {}",
+        short(key),
+        position.partition,
+        position.offset
     )
+}
+
+/// How many characters of an id or key error messages and log lines show.
+const SHOWN_CHARS: usize = 64;
+
+/// `id` as error messages and log lines show it: whole when short, else its first
+/// characters and its length, so a huge id never floods a log or an error.
+pub(crate) fn short(id: &str) -> std::borrow::Cow<'_, str> {
+    match id.char_indices().nth(SHOWN_CHARS) {
+        None => std::borrow::Cow::Borrowed(id),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…({} bytes)", &id[..end], id.len())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_id_is_shown_as_a_prefix_and_its_length() {
+        assert_eq!(short("abc"), "abc");
+        let long = "é".repeat(100);
+        let shown = short(&long);
+        assert_eq!(shown, format!("{}…(200 bytes)", "é".repeat(64)));
+    }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::aggregate::Aggregate;
 use crate::envelope::Upcasters;
-use crate::error::CommandError;
+use crate::error::{CommandError, short};
 use crate::instance::{AggregateActor, AggregateArgs, AggregateMsg, Committed, QueryFn, Reply};
 use crate::log::{aggregate_key, partition_for};
 use crate::metrics::{self as m, CommandMetrics};
@@ -117,7 +117,7 @@ impl<A: Aggregate> Request<A> {
 
 fn stopped<E: std::error::Error>(key: &str) -> CommandError<E> {
     CommandError::Panicked {
-        aggregate: key.to_string(),
+        aggregate: short(key).into_owned(),
         message: "the actor stopped without answering".into(),
     }
 }
@@ -160,6 +160,7 @@ impl<A: Aggregate> AggregateHandle<A> {
         options: SendOptions,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let started = Instant::now();
+        self.check_ids(id, options.command_id.as_deref())?;
         let timeout = options
             .timeout
             .unwrap_or(self.shared.config.command_timeout);
@@ -169,11 +170,20 @@ impl<A: Aggregate> AggregateHandle<A> {
             Ok(result) => result,
             Err(_) => Err(CommandError::Timeout(
                 timeout,
-                format!("a reply from {key}"),
+                format!("a reply from {}", short(&key)),
             )),
         };
         self.metrics.latency(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Refuses an id no backend could store before anything is touched.
+    fn check_ids(&self, id: &str, command_id: Option<&str>) -> Result<(), CommandError<A::Error>> {
+        let config = &self.shared.config;
+        config
+            .check_id("aggregate id", id)
+            .and_then(|()| command_id.map_or(Ok(()), |c| config.check_id("command id", c)))
+            .map_err(|reason| CommandError::InvalidId { reason })
     }
 
     /// Runs `query` on the current state of aggregate `id` (activating it if needed), in line
@@ -183,6 +193,7 @@ impl<A: Aggregate> AggregateHandle<A> {
         id: &str,
         query: impl FnOnce(&A) -> R + Send + 'static,
     ) -> Result<R, CommandError<A::Error>> {
+        self.check_ids(id, None)?;
         let key = aggregate_key(A::TYPE, id);
         let (reply, answer) = oneshot::channel();
         let request = Request::<A>::Query(Box::new(move |state| {
@@ -196,7 +207,7 @@ impl<A: Aggregate> AggregateHandle<A> {
         routed.await.unwrap_or_else(|_| {
             Err(CommandError::Timeout(
                 timeout,
-                format!("a reply from {key}"),
+                format!("a reply from {}", short(&key)),
             ))
         })
     }
@@ -260,7 +271,8 @@ impl<A: Aggregate> AggregateHandle<A> {
                 entry.queued.fetch_sub(1, Ordering::Relaxed);
                 metrics::counter!(m::OVERLOADED, "limit" => "mailbox").increment(1);
                 return Err(CommandError::Overloaded(format!(
-                    "{capacity} commands already queued for {key} (mailbox_capacity)"
+                    "{capacity} commands already queued for {} (mailbox_capacity)",
+                    short(key)
                 )));
             }
             entry.last_used.store(now_ms, Ordering::Relaxed);
@@ -275,7 +287,7 @@ impl<A: Aggregate> AggregateHandle<A> {
                 }
                 Err(other) => {
                     return Err(CommandError::Panicked {
-                        aggregate: key.to_string(),
+                        aggregate: short(key).into_owned(),
                         message: format!("cannot deliver the command: {other}"),
                     });
                 }
@@ -349,7 +361,7 @@ impl<A: Aggregate> AggregateHandle<A> {
             Ok(Ok(entry)) => Ok(entry),
             Ok(Err(ActivateError::ShuttingDown)) | Err(_) => Err(not_serving()),
             Ok(Err(ActivateError::Spawn(reason))) => Err(CommandError::Panicked {
-                aggregate: key.to_string(),
+                aggregate: short(key).into_owned(),
                 message: format!("cannot start the actor: {reason}"),
             }),
         }

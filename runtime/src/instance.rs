@@ -1,22 +1,24 @@
 //! The aggregate actor: one per live aggregate instance. It activates (snapshot + the events
 //! after it), then serves commands one at a time: decide, append and await durability,
 //! evolve, reply. It is stopped by draining (see [`crate::shard`]), which lets every command
-//! already in its mailbox finish, and snapshots on the way out.
+//! already in its mailbox finish, and snapshots on the way out. Activation is in
+//! `instance/activation.rs`.
 
-use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
 
+mod activation;
+
 use crate::aggregate::Aggregate;
+use crate::dedup::{DedupWindow, Remembered, now_ms};
 use crate::envelope::{EventEnvelope, EventEnvelopeRef, SnapshotEnvelope, Upcasters, encode_event};
-use crate::error::{CommandError, DecodeError, StorageError, at};
+use crate::error::{CommandError, DecodeError, StorageError, at, short};
 use crate::log::{LogRecord, Offset, Position};
 use crate::metrics::{self as m, CommandMetrics, Outcome};
 use crate::partition::PartitionState;
@@ -109,11 +111,11 @@ impl ActivationFailure {
     fn to_error<E: std::error::Error>(&self, key: &str) -> CommandError<E> {
         match self {
             ActivationFailure::Storage(source) => CommandError::Storage {
-                aggregate: key.to_string(),
+                aggregate: short(key).into_owned(),
                 source: source.clone(),
             },
             ActivationFailure::Corrupt(source) => CommandError::Corrupt {
-                aggregate: key.to_string(),
+                aggregate: short(key).into_owned(),
                 source: source.clone(),
             },
         }
@@ -126,19 +128,12 @@ struct Live<A: Aggregate> {
     last_offset: Option<Offset>,
     /// Events applied since the last snapshot written (or loaded).
     unsnapshotted: u64,
-    recent: VecDeque<RecentCommand<A::Event>>,
+    recent: DedupWindow,
     /// Reused to encode event payloads, so a command does not allocate one per event.
     scratch: Vec<u8>,
-}
-
-/// A remembered command outcome: the idempotency window, kept in snapshots.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(bound = "E: Serialize + serde::de::DeserializeOwned")]
-struct RecentCommand<E> {
-    command_id: String,
-    seq: u64,
-    position: Option<Position>,
-    events: Vec<E>,
+    /// The state can no longer be trusted (a panic in `apply` after a commit): the actor
+    /// stops without snapshotting and the next activation rebuilds from the log.
+    broken: bool,
 }
 
 impl<A: Aggregate> Actor for AggregateActor<A> {
@@ -165,7 +160,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     ) -> Result<(), ActorProcessingErr> {
         state.args.queued.fetch_sub(1, Ordering::Relaxed);
         if matches!(state.phase, Phase::Unloaded) {
-            state.phase = match activate::<A>(&state.args).await {
+            state.phase = match activation::activate::<A>(&state.args).await {
                 Ok(live) => Phase::Live(Box::new(live)),
                 Err(failure) => {
                     // Answer this and every queued command with the failure, then stop; the
@@ -188,7 +183,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                     && live.unsnapshotted > 0
                     && let Err(e) = snapshot(live, &state.args).await
                 {
-                    warn!(aggregate = %state.args.key, error = %e, "snapshot failed");
+                    warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed");
                 }
                 stop(&myself, &state.args);
                 return Ok(());
@@ -207,7 +202,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 let span = info_span!(
                     "command",
                     aggregate = A::TYPE,
-                    id = %state.args.id,
+                    id = %short(&state.args.id),
                     command_id = command_id.as_deref().unwrap_or(""),
                 );
                 let result = execute(live, &state.args, command, command_id)
@@ -219,18 +214,23 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                     Err(CommandError::Rejected(_)) => Outcome::Rejected,
                     Err(_) => Outcome::Failed,
                 });
-                let poisoned = matches!(
-                    result,
-                    Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
-                );
+                let poisoned = live.broken
+                    || matches!(
+                        result,
+                        Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
+                    );
+                if poisoned {
+                    // Drained before the answer, so a retry sent on the answer finds the
+                    // mailbox closed and waits for a fresh activation instead of failing here.
+                    stop(&myself, &state.args);
+                }
                 let _ = reply.send(result);
                 if poisoned {
                     state.phase = Phase::Poisoned;
-                    stop(&myself, &state.args);
                 } else if live.unsnapshotted >= state.args.shared.config.snapshots.every_events
                     && let Err(e) = snapshot(live, &state.args).await
                 {
-                    warn!(aggregate = %state.args.key, error = %e, "snapshot failed; will retry");
+                    warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed; will retry");
                 }
             }
             Phase::Failed(failure) => {
@@ -257,7 +257,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
             && shared.config.snapshots.on_passivation
             && let Err(e) = snapshot(live, &state.args).await
         {
-            warn!(aggregate = %state.args.key, error = %e, "snapshot on passivation failed");
+            warn!(aggregate = %short(&state.args.key), error = %e, "snapshot on passivation failed");
         }
         shared.unregister(&state.args.key, myself.get_id());
         Ok(())
@@ -273,7 +273,7 @@ fn stop<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, args: &AggregateArgs) 
 
 fn restarting<E: std::error::Error>(key: &str) -> CommandError<E> {
     CommandError::Storage {
-        aggregate: key.to_string(),
+        aggregate: short(key).into_owned(),
         source: StorageError::Closed("aggregate restarting after a failed command".into()),
     }
 }
@@ -293,15 +293,11 @@ async fn execute<A: Aggregate>(
     command_id: Option<String>,
 ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
     if let Some(id) = &command_id
-        && let Some(done) = live.recent.iter().find(|r| &r.command_id == id)
+        && let Some(done) = live.recent.get(id)
     {
-        debug!(command_id = %id, "duplicate command id; returning the original outcome");
-        return Ok(Committed {
-            events: done.events.clone(),
-            seq: done.seq,
-            position: done.position,
-            deduplicated: true,
-        });
+        debug!(command_id = %short(id), "duplicate command id; returning the original outcome");
+        let done = done.clone();
+        return remembered_outcome::<A>(args, &done).await;
     }
     let key = &args.key;
     let events = match catch_unwind(AssertUnwindSafe(|| live.state.handle(command))) {
@@ -309,24 +305,32 @@ async fn execute<A: Aggregate>(
         Ok(Err(rejection)) => return Err(CommandError::Rejected(rejection)),
         Err(panic) => {
             return Err(CommandError::Panicked {
-                aggregate: key.clone(),
+                aggregate: short(key).into_owned(),
                 message: format!("in handle: {}", panic_message(panic)),
             });
         }
     };
     if events.is_empty() {
-        // Remembered too: a retry must get this outcome even if the state has moved on.
+        // Remembered too: a retry must get this outcome even if the state has moved on. No
+        // event carries the id, so only a snapshot keeps it across passivation and crashes:
+        // written before the answer.
         if let Some(id) = command_id {
-            remember(
-                &mut live.recent,
-                args.shared.config.dedup_window,
-                RecentCommand {
-                    command_id: id,
-                    seq: live.seq,
-                    position: None,
-                    events: Vec::new(),
-                },
-            );
+            live.recent.remember(Remembered {
+                command_id: id,
+                seq: live.seq,
+                events: 0,
+                first_offset: None,
+                position: None,
+                timestamp_ms: now_ms(),
+            });
+            if let Err(reason) = snapshot(live, args).await {
+                return Err(CommandError::Storage {
+                    aggregate: short(key).into_owned(),
+                    source: StorageError::Closed(format!(
+                        "the snapshot that keeps the command id failed: {reason}"
+                    )),
+                });
+            }
         }
         return Ok(Committed {
             events,
@@ -335,23 +339,20 @@ async fn execute<A: Aggregate>(
             deduplicated: false,
         });
     }
-    let timestamp_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let timestamp_ms = now_ms();
     let mut records = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
-        let (event_type, event_version, payload) =
-            encode_event::<A>(event, &args.upcasters, &mut live.scratch).map_err(|reason| {
-                CommandError::Corrupt {
-                    aggregate: key.clone(),
-                    source: DecodeError {
-                        what: "new event (encoding)".into(),
-                        location: key.clone(),
-                        reason,
-                    },
-                }
-            })?;
+        let (event_type, event_version, payload) = unwind_to_err("encoding the event", || {
+            encode_event::<A>(event, &args.upcasters, &mut live.scratch)
+        })
+        .map_err(|reason| CommandError::Corrupt {
+            aggregate: short(key).into_owned(),
+            source: DecodeError {
+                what: "new event (encoding)".into(),
+                location: short(key).into_owned(),
+                reason,
+            },
+        })?;
         let envelope = EventEnvelopeRef {
             aggregate_type: A::TYPE,
             aggregate_id: &args.id,
@@ -388,7 +389,7 @@ async fn execute<A: Aggregate>(
         .append(partition, records)
         .await
         .map_err(|source| CommandError::Storage {
-            aggregate: key.clone(),
+            aggregate: short(key).into_owned(),
             source,
         })?;
     // Durable from here on: evolve the state.
@@ -400,13 +401,15 @@ async fn execute<A: Aggregate>(
     args.partition
         .commit_append(key, first..first + count, tail_values);
     if let Err(panic) = applied {
-        return Err(CommandError::Panicked {
-            aggregate: key.clone(),
-            message: format!(
-                "in apply, after the events were committed: {}",
-                panic_message(panic)
-            ),
-        });
+        // The events are durable: the caller must learn that the command committed (a
+        // retry without an id would apply it twice). The state is not to be trusted, so the
+        // actor restarts from the log, which has the events and their command id.
+        tracing::error!(
+            aggregate = %short(key),
+            panic = %panic_message(panic),
+            "apply panicked after the events were committed; restarting from the log"
+        );
+        live.broken = true;
     }
     live.seq += count;
     live.unsnapshotted += count;
@@ -416,16 +419,14 @@ async fn execute<A: Aggregate>(
     };
     live.last_offset = Some(position.offset);
     if let Some(id) = command_id {
-        remember(
-            &mut live.recent,
-            args.shared.config.dedup_window,
-            RecentCommand {
-                command_id: id,
-                seq: live.seq,
-                position: Some(position),
-                events: events.clone(),
-            },
-        );
+        live.recent.remember(Remembered {
+            command_id: id,
+            seq: live.seq,
+            events: count,
+            first_offset: Some(first),
+            position: Some(position),
+            timestamp_ms,
+        });
     }
     Ok(Committed {
         events,
@@ -435,303 +436,96 @@ async fn execute<A: Aggregate>(
     })
 }
 
-fn remember<E>(recent: &mut VecDeque<RecentCommand<E>>, window: usize, entry: RecentCommand<E>) {
-    if window == 0 {
-        return;
-    }
-    while recent.len() >= window {
-        recent.pop_front();
-    }
-    recent.push_back(entry);
-}
-
-/// Loads the aggregate: its snapshot (if it decodes), then the events after it.
-async fn activate<A: Aggregate>(args: &AggregateArgs) -> Result<Live<A>, ActivationFailure> {
-    let shared = &args.shared;
-    let _permit =
-        shared.activations.acquire().await.map_err(|_| {
-            ActivationFailure::Storage(StorageError::Closed("runtime stopped".into()))
-        })?;
-    let started = Instant::now();
-    let span = info_span!(
-        "activation",
-        aggregate = A::TYPE,
-        id = %args.id,
-        from_snapshot = tracing::field::Empty,
-        replayed = tracing::field::Empty
-    );
-    let partition = args.partition.partition;
-    let key = &args.key;
-    async {
-        let mut live = Live::<A> {
-            state: A::default(),
-            seq: 0,
-            last_offset: None,
-            unsnapshotted: 0,
-            recent: VecDeque::new(),
-            scratch: Vec::new(),
-        };
-        let stored = shared
-            .backend
-            .load_snapshot(partition, key.clone())
-            .await
-            .map_err(ActivationFailure::Storage)?;
-        let mut from_snapshot = false;
-        let mut unusable_snapshot = false;
-        if let Some(bytes) = stored {
-            match restore::<A>(&bytes, key) {
-                Ok((state, env, recent)) => {
-                    live.state = state;
-                    live.seq = env.seq;
-                    live.last_offset = env.covered_offset;
-                    live.recent = recent;
-                    from_snapshot = true;
-                }
-                Err(reason) => {
-                    warn!(
-                        aggregate = %key,
-                        %reason,
-                        "snapshot cannot be used; rebuilding from the full history"
-                    );
-                    unusable_snapshot = true;
-                }
-            }
-        }
-        // Without any snapshot, every event of the key is at or above the partition's
-        // checkpoint, so the recovery index has them all. An unusable snapshot may cover
-        // events below the checkpoint: only a scan of the partition finds those.
-        if let Some(floor) = args.partition.uncertain_floor(key) {
-            find_failed_appends(args, floor).await?;
-        }
-        let replayed = if unusable_snapshot {
-            replay_full(&mut live, args).await?
-        } else {
-            let offsets = args.partition.offsets_after(key, live.last_offset);
-            replay_offsets(&mut live, args, &offsets).await?
-        };
-        tracing::Span::current().record("from_snapshot", from_snapshot);
-        tracing::Span::current().record("replayed", replayed);
-        metrics::counter!(m::ACTIVATIONS, "aggregate" => A::TYPE, "from_snapshot" => if from_snapshot { "true" } else { "false" }).increment(1);
-        metrics::counter!(m::EVENTS_REPLAYED, "aggregate" => A::TYPE).increment(replayed);
-        debug!(elapsed = ?started.elapsed(), "activated");
-        let policy = shared.config.snapshots;
-        if policy.after_long_replay
-            && replayed > policy.every_events
-            && let Err(e) = snapshot(&mut live, args).await
-        {
-            warn!(aggregate = %key, error = %e, "snapshot after replay failed");
-        }
-        Ok(live)
-    }
-    .instrument(span)
-    .await
-}
-
-/// A decoded snapshot: the state, its envelope and its command window.
-type Restored<A> = (
-    A,
-    SnapshotEnvelope,
-    VecDeque<RecentCommand<<A as Aggregate>::Event>>,
-);
-
-fn restore<A: Aggregate>(bytes: &[u8], key: &str) -> Result<Restored<A>, String> {
-    let env = SnapshotEnvelope::decode(bytes, &format!("snapshot of {key}"))
-        .map_err(|e| e.to_string())?;
-    if env.state_version != A::STATE_VERSION {
-        return Err(format!(
-            "snapshot state version {} but this build writes {}",
-            env.state_version,
-            A::STATE_VERSION
-        ));
-    }
-    let state: A = rmp_serde::from_slice(&env.state).map_err(|e| e.to_string())?;
-    let recent = rmp_serde::from_slice(&env.recent_commands).unwrap_or_else(|e| {
-        warn!(aggregate = %key, error = %e, "snapshot's command window unreadable; starting empty");
-        VecDeque::new()
-    });
-    Ok((state, env, recent))
-}
-
-/// Replays the events at `offsets` (ascending): from the partition's tail, and what it does
-/// not hold from one shared sequential read of the log (never one read per event).
-async fn replay_offsets<A: Aggregate>(
-    live: &mut Live<A>,
+/// The outcome of an earlier command with the same id: its events read back from the log.
+async fn remembered_outcome<A: Aggregate>(
     args: &AggregateArgs,
-    offsets: &[Offset],
-) -> Result<u64, ActivationFailure> {
-    if offsets.is_empty() {
-        return Ok(0);
-    }
-    let partition = args.partition.partition;
-    let cached = args.partition.tail_values(offsets);
-    let missing: Vec<Offset> = offsets
-        .iter()
-        .zip(&cached)
-        .filter(|(_, value)| value.is_none())
-        .map(|(offset, _)| *offset)
-        .collect();
-    let mut fetched = if missing.is_empty() {
-        Vec::new()
-    } else {
-        metrics::counter!(m::TAIL_MISSES, "aggregate" => A::TYPE).increment(missing.len() as u64);
-        args.partition
-            .read_missing(&args.shared.backend, missing)
-            .await
-            .map_err(ActivationFailure::Storage)?
-    }
-    .into_iter()
-    .peekable();
-    let mut replayed = 0;
-    for (&offset, value) in offsets.iter().zip(cached) {
-        let position = Position { partition, offset };
-        match value {
-            Some(value) => replayed += apply_record(live, args, &value, position)?,
-            None => {
-                let Some(record) = fetched.next_if(|r| r.position.offset == offset) else {
-                    return Err(ActivationFailure::Corrupt(DecodeError {
-                        what: "event".into(),
-                        location: at(&args.key, position),
-                        reason: "the recovery index names an offset the log does not return".into(),
-                    }));
+    done: &Remembered,
+) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+    let mut events = Vec::with_capacity(done.events as usize);
+    if let (Some(first), Some(last)) = (done.first_offset, done.position) {
+        let partition = args.partition.partition;
+        let first_seq = done.seq + 1 - done.events;
+        let mut from = first;
+        while from <= last.offset && (events.len() as u64) < done.events {
+            let max = (last.offset - from + 1) as usize;
+            let records = args
+                .shared
+                .backend
+                .read(partition, from, max.min(4096), std::time::Duration::ZERO)
+                .await
+                .map_err(|source| CommandError::Storage {
+                    aggregate: short(&args.key).into_owned(),
+                    source,
+                })?;
+            let Some(end) = records.last() else { break };
+            from = end.position.offset + 1;
+            for record in records.iter().filter(|r| r.key == args.key) {
+                let location = at(&args.key, record.position);
+                let corrupt = |source| CommandError::Corrupt {
+                    aggregate: short(&args.key).into_owned(),
+                    source,
                 };
-                if record.key != args.key {
-                    return Err(ActivationFailure::Corrupt(DecodeError {
-                        what: "event".into(),
-                        location: at(&args.key, position),
-                        reason: format!("the log has key {:?} at this offset", record.key),
-                    }));
+                let envelope = EventEnvelope::decode(&record.value, &location).map_err(corrupt)?;
+                if (first_seq..=done.seq).contains(&envelope.seq) {
+                    events.push(decode_guarded::<A>(&envelope, args, &location).map_err(corrupt)?);
                 }
-                replayed += apply_record(live, args, &record.value, position)?;
             }
         }
-    }
-    Ok(replayed)
-}
-
-/// Scans the partition from `floor` for records of this aggregate that a failed append wrote
-/// after all, and adds them to the recovery index.
-async fn find_failed_appends(args: &AggregateArgs, floor: Offset) -> Result<(), ActivationFailure> {
-    let partition = args.partition.partition;
-    let backend = &args.shared.backend;
-    let end = backend
-        .end_offset(partition)
-        .await
-        .map_err(ActivationFailure::Storage)?;
-    let mut from = floor;
-    let mut found: Vec<(Offset, Vec<u8>)> = Vec::new();
-    while from < end {
-        let records = backend
-            .read(partition, from, 4096, std::time::Duration::ZERO)
-            .await
-            .map_err(ActivationFailure::Storage)?;
-        let Some(last) = records.last() else { break };
-        from = last.position.offset + 1;
-        found.extend(
-            records
-                .into_iter()
-                .filter(|r| r.key == args.key)
-                .map(|r| (r.position.offset, r.value)),
-        );
-    }
-    if !found.is_empty() {
-        let offsets: Vec<Offset> = found.iter().map(|(offset, _)| *offset).collect();
-        warn!(aggregate = %args.key, ?offsets, "records of a failed append are in the log");
-    }
-    args.partition.record_found(&args.key, found);
-    args.partition.resolve_uncertain(&args.key);
-    Ok(())
-}
-
-/// Replays every event of the aggregate from the start of its partition: the fallback when
-/// its snapshot cannot be used.
-async fn replay_full<A: Aggregate>(
-    live: &mut Live<A>,
-    args: &AggregateArgs,
-) -> Result<u64, ActivationFailure> {
-    let partition = args.partition.partition;
-    let end = args
-        .shared
-        .backend
-        .end_offset(partition)
-        .await
-        .map_err(ActivationFailure::Storage)?;
-    let mut from = 0;
-    let mut replayed = 0;
-    while from < end {
-        let records = args
-            .shared
-            .backend
-            .read(partition, from, 4096, std::time::Duration::ZERO)
-            .await
-            .map_err(ActivationFailure::Storage)?;
-        let Some(last) = records.last() else { break };
-        from = last.position.offset + 1;
-        for record in records.iter().filter(|r| r.key == args.key) {
-            replayed += apply_record(live, args, &record.value, record.position)?;
-        }
-    }
-    Ok(replayed)
-}
-
-/// Applies one stored event; returns 1 if applied, 0 if it was a duplicate.
-fn apply_record<A: Aggregate>(
-    live: &mut Live<A>,
-    args: &AggregateArgs,
-    bytes: &[u8],
-    position: Position,
-) -> Result<u64, ActivationFailure> {
-    let location = at(&args.key, position);
-    let envelope = EventEnvelope::decode(bytes, &location).map_err(ActivationFailure::Corrupt)?;
-    if envelope.seq <= live.seq {
-        warn!(aggregate = %args.key, seq = envelope.seq, %position, "duplicate event in the log; skipped");
-        return Ok(0);
-    }
-    if envelope.seq != live.seq + 1 {
-        return Err(ActivationFailure::Corrupt(DecodeError {
-            what: format!("event seq {}", envelope.seq),
-            location,
-            reason: format!("sequence gap: expected seq {}", live.seq + 1),
-        }));
-    }
-    let event = envelope
-        .decode_event::<A>(&args.upcasters, &location)
-        .map_err(ActivationFailure::Corrupt)?;
-    catch_unwind(AssertUnwindSafe(|| live.state.apply(&event))).map_err(|panic| {
-        ActivationFailure::Corrupt(DecodeError {
-            what: format!("event {} (apply panicked)", envelope.event_type),
-            location: location.clone(),
-            reason: panic_message(panic),
-        })
-    })?;
-    live.seq = envelope.seq;
-    live.last_offset = Some(position.offset);
-    live.unsnapshotted += 1;
-    if let Some(id) = envelope.command_id {
-        match live.recent.back_mut() {
-            Some(last) if last.command_id == id => {
-                last.events.push(event);
-                last.seq = live.seq;
-                last.position = Some(position);
-            }
-            _ => remember(
-                &mut live.recent,
-                args.shared.config.dedup_window,
-                RecentCommand {
-                    command_id: id,
-                    seq: live.seq,
-                    position: Some(position),
-                    events: vec![event],
+        if events.len() as u64 != done.events {
+            return Err(CommandError::Corrupt {
+                aggregate: short(&args.key).into_owned(),
+                source: DecodeError {
+                    what: format!("the events of command {}", short(&done.command_id)),
+                    location: at(&args.key, last),
+                    reason: format!(
+                        "{} of its {} events are in the log",
+                        events.len(),
+                        done.events
+                    ),
                 },
-            ),
+            });
         }
     }
-    Ok(1)
+    Ok(Committed {
+        events,
+        seq: done.seq,
+        position: done.position,
+        deduplicated: true,
+    })
+}
+
+/// Decodes (and upcasts) one event; a panic in an upcaster or in `Deserialize` is an error
+/// naming where the event is, like any other undecodable event.
+fn decode_guarded<A: Aggregate>(
+    envelope: &EventEnvelope,
+    args: &AggregateArgs,
+    location: &str,
+) -> Result<A::Event, DecodeError> {
+    let location_display: &dyn std::fmt::Display = &location;
+    catch_unwind(AssertUnwindSafe(|| {
+        envelope.decode_event::<A>(&args.upcasters, location_display)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(DecodeError {
+            what: format!("event {} v{}", envelope.event_type, envelope.event_version),
+            location: location.to_owned(),
+            reason: format!("decoding panicked: {}", panic_message(panic)),
+        })
+    })
+}
+
+/// Runs `f`, turning a panic into an error: for serde code that is the application's.
+fn unwind_to_err<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(format!("{what} panicked: {}", panic_message(panic))))
 }
 
 /// Writes a snapshot of the live state and marks its events covered in the recovery index.
 async fn snapshot<A: Aggregate>(live: &mut Live<A>, args: &AggregateArgs) -> Result<(), String> {
-    let state = rmp_serde::to_vec_named(&live.state).map_err(|e| e.to_string())?;
-    let recent = rmp_serde::to_vec_named(&live.recent).map_err(|e| e.to_string())?;
+    let state = unwind_to_err("encoding the state", || {
+        rmp_serde::to_vec_named(&live.state).map_err(|e| e.to_string())
+    })?;
+    let recent = live.recent.encode()?;
     let envelope = SnapshotEnvelope {
         seq: live.seq,
         covered_offset: live.last_offset,

@@ -16,8 +16,9 @@
 //! | `config.rs` | [`RuntimeConfig`], [`SnapshotPolicy`]: limits and timers with their defaults |
 //! | `handle.rs` | [`AggregateHandle`]: the typed command API |
 //! | `shard.rs` | the shard actor per partition: get-or-spawn, passivation, recovery |
-//! | `partition.rs` | the recovery index and checkpoint of one partition |
-//! | `instance.rs` | the aggregate actor: activation, one command at a time, snapshots |
+//! | `partition.rs` (+ `partition/uncovered.rs`) | the recovery index, tail and checkpoint of one partition |
+//! | `instance.rs` (+ `instance/activation.rs`) | the aggregate actor: activation, one command at a time, snapshots |
+//! | `dedup.rs` | the command ids an aggregate remembers, by count and by age |
 //! | `testkit.rs` | [`TestFramework`]: given/when/then for aggregates, no runtime |
 //! | `metrics.rs` | metric names |
 //! | `error.rs` | [`CommandError`], [`StorageError`], [`DecodeError`], [`Error`] |
@@ -27,6 +28,7 @@
 
 mod aggregate;
 mod config;
+mod dedup;
 mod envelope;
 mod error;
 mod handle;
@@ -41,7 +43,7 @@ mod shard;
 mod testkit;
 
 pub use aggregate::Aggregate;
-pub use config::{RuntimeConfig, SnapshotPolicy};
+pub use config::{MAX_ID_BYTES_LIMIT, RuntimeConfig, SnapshotPolicy};
 pub use envelope::{EventEnvelope, SnapshotEnvelope, UpcastFn, Upcasters};
 pub use error::{CommandError, DecodeError, Error, StorageError};
 pub use handle::{AggregateHandle, SendOptions};
@@ -56,5 +58,5 @@ pub use log::{
 };
 #[cfg(feature = "kafka")]
 pub use ownership::KafkaOwnership;
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{MAX_TYPE_NAME_BYTES, Runtime, RuntimeBuilder};
 pub use testkit::TestFramework;

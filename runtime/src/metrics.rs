@@ -19,6 +19,10 @@ pub const TAIL_MISSES: &str = "keel_tail_misses_total";
 pub const PASSIVATIONS: &str = "keel_passivations_total";
 /// Snapshots written, labelled `aggregate`.
 pub const SNAPSHOTS: &str = "keel_snapshots_total";
+/// Aggregates that hold a partition's checkpoint back and that settling cannot load,
+/// labelled `reason` (`unregistered`: no handle of their type asked for yet; `unloadable`:
+/// their activation failed), counted once per aggregate.
+pub const SETTLE_SKIPPED: &str = "keel_settle_skipped_total";
 /// Commands refused because of overload, labelled `limit`.
 pub const OVERLOADED: &str = "keel_overloaded_total";
 

@@ -18,6 +18,8 @@
 //! (for transactional Kafka: committed), and it lives and dies with the shard, so a revoked
 //! or lost partition keeps nothing.
 
+mod uncovered;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,9 @@ use tokio::sync::oneshot;
 
 use crate::error::StorageError;
 use crate::log::{LogBackend, Offset, StoredRecord};
+
+pub(crate) use uncovered::Replay;
+use uncovered::UncoveredIndex;
 
 /// The most records one read of the tail reader asks for.
 const REFILL_READ_BATCH: usize = 4096;
@@ -111,8 +116,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[derive(Default)]
 struct RecoveryIndex {
-    /// Offsets of events not covered by a snapshot, per aggregate key, ascending.
-    uncovered: HashMap<String, Vec<Offset>>,
+    /// The events not covered by a snapshot, per aggregate key.
+    uncovered: UncoveredIndex,
     /// The offset after the last event this instance knows of.
     end: Offset,
     /// Keys whose last append failed without certainty that nothing landed (a timeout, a
@@ -171,22 +176,12 @@ impl RecoveryIndex {
     }
 
     fn record(&mut self, key: &str, offsets: impl IntoIterator<Item = Offset>) {
-        let mut offsets = offsets.into_iter().peekable();
-        if offsets.peek().is_none() {
-            return;
+        let mut last = None;
+        let offsets = offsets.into_iter().inspect(|offset| last = Some(*offset));
+        self.uncovered.record(key, offsets);
+        if let Some(last) = last {
+            self.end = self.end.max(last + 1);
         }
-        // Look the key up before inserting it: it is usually there already, and `entry` would
-        // allocate an owned key for every event.
-        let mut last = 0;
-        let offsets = offsets.inspect(|offset| last = *offset);
-        match self.uncovered.get_mut(key) {
-            Some(entry) => entry.extend(offsets),
-            None => {
-                let entry = offsets.collect();
-                self.uncovered.insert(key.to_owned(), entry);
-            }
-        }
-        self.end = self.end.max(last + 1);
     }
 }
 
@@ -202,7 +197,7 @@ impl PartitionState {
         PartitionState {
             partition,
             index: Mutex::new(RecoveryIndex {
-                uncovered: HashMap::new(),
+                uncovered: UncoveredIndex::default(),
                 end,
                 uncertain: HashMap::new(),
                 tail: BTreeMap::new(),
@@ -296,10 +291,8 @@ impl PartitionState {
             return;
         }
         let mut index = self.lock();
-        let entry = index.uncovered.entry(key.to_owned()).or_default();
-        entry.extend(found.iter().map(|(offset, _)| *offset));
-        entry.sort_unstable();
-        entry.dedup();
+        let offsets: Vec<Offset> = found.iter().map(|(offset, _)| *offset).collect();
+        index.uncovered.merge(key, &offsets);
         let last = found
             .iter()
             .map(|(offset, _)| *offset)
@@ -354,76 +347,78 @@ impl PartitionState {
     /// A snapshot of `key` now covers every event up to and including `offset`.
     pub(crate) fn covered(&self, key: &str, offset: Offset) {
         let mut index = self.lock();
-        let Some(offsets) = index.uncovered.get_mut(key) else {
-            return;
-        };
-        let mut dropped = Vec::new();
-        offsets.retain(|o| {
-            let keep = *o > offset;
-            if !keep {
-                dropped.push(*o);
-            }
-            keep
-        });
-        if offsets.is_empty() {
-            index.uncovered.remove(key);
-        }
-        for offset in dropped {
+        for offset in index.uncovered.cover(key, offset) {
             index.uncache(&self.budget, offset);
         }
     }
 
-    /// The offsets of `key`'s events after `after` (all of them when `None`).
-    pub(crate) fn offsets_after(&self, key: &str, after: Option<Offset>) -> Vec<Offset> {
-        let index = self.lock();
-        index
-            .uncovered
-            .get(key)
-            .map(|offsets| {
-                offsets
-                    .iter()
-                    .copied()
-                    .filter(|o| after.is_none_or(|after| *o > after))
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// How an activation finds `key`'s events after `after` (all of them when `None`).
+    pub(crate) fn replay_after(&self, key: &str, after: Option<Offset>) -> Replay {
+        self.lock().uncovered.replay(key, after)
     }
 
-    /// The recovery checkpoint: no event below it needs replaying.
+    /// The offsets of `key`'s events after `after`, when the index lists them.
+    #[cfg(test)]
+    pub(crate) fn offsets_after(&self, key: &str, after: Option<Offset>) -> Vec<Offset> {
+        match self.replay_after(key, after) {
+            Replay::Offsets(offsets) => offsets,
+            Replay::Scan { .. } => panic!("{key} keeps a span"),
+        }
+    }
+
+    /// The recovery checkpoint: no event below it needs replaying. A tree lookup plus the
+    /// keys with an append in flight or failed, never a pass over every key.
     pub(crate) fn checkpoint(&self) -> Offset {
         let index = self.lock();
         index
             .uncovered
-            .values()
-            .filter_map(|offsets| offsets.first().copied())
+            .lowest()
+            .into_iter()
             .chain(index.uncertain.values().copied())
             .min()
             .unwrap_or(index.end)
     }
 
-    /// Up to `limit` keys whose uncovered events hold the checkpoint back the most (lowest
-    /// first offset first).
-    pub(crate) fn pinning_keys(&self, limit: usize) -> Vec<String> {
+    /// Up to `limit` keys with uncovered events, by first uncovered event from `from` on,
+    /// and whether that reached the last of them. Then (once per walk over the keys) the
+    /// keys whose last append is uncertain, with the offset they hold the checkpoint at:
+    /// an aggregate whose append failed and that is never used again would otherwise hold
+    /// it back for good.
+    pub(crate) fn pinning_keys_from(
+        &self,
+        from: Offset,
+        limit: usize,
+    ) -> (Vec<(Offset, String)>, bool) {
         let index = self.lock();
-        // Uncertain keys too: an aggregate whose append failed and that is never used again
-        // would otherwise hold the checkpoint back for good.
-        let mut keys: Vec<(Offset, &String)> = index
-            .uncovered
-            .iter()
-            .filter_map(|(key, offsets)| offsets.first().map(|o| (*o, key)))
-            .chain(index.uncertain.iter().map(|(key, floor)| (*floor, key)))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup_by(|a, b| a.1 == b.1);
-        keys.into_iter()
-            .take(limit)
-            .map(|(_, key)| key.clone())
-            .collect()
+        let mut keys = index.uncovered.keys_from(from, limit);
+        let reached_end = keys.len() < limit;
+        if reached_end {
+            keys.extend(
+                index
+                    .uncertain
+                    .iter()
+                    .filter(|(key, _)| index.uncovered.first_of(key).is_none())
+                    .map(|(key, floor)| (*floor, key.clone())),
+            );
+        }
+        (keys, reached_end)
     }
 
-    /// How many uncovered events the index holds.
+    /// The offset at which `key` holds the checkpoint back, if it does.
+    pub(crate) fn pinned_at(&self, key: &str) -> Option<Offset> {
+        let index = self.lock();
+        let uncertain = index.uncertain.get(key).copied();
+        index
+            .uncovered
+            .first_of(key)
+            .into_iter()
+            .chain(uncertain)
+            .min()
+    }
+
+    /// How many uncovered events the index lists by offset.
     pub(crate) fn uncovered_events(&self) -> usize {
-        self.lock().uncovered.values().map(Vec::len).sum()
+        self.lock().uncovered.listed()
     }
 }
 
@@ -527,6 +522,34 @@ mod tests {
         p.covered("A/2", 13);
         assert_eq!(p.checkpoint(), 14);
         assert_eq!(p.uncovered_events(), 0);
+    }
+
+    #[test]
+    fn the_walk_over_pinning_keys_visits_each_once_in_bounded_steps() {
+        let p = PartitionState::new(0, 0, budget());
+        let keys = 100_000u64;
+        for offset in 0..keys {
+            p.record(&format!("A/{offset}"), [offset]);
+        }
+        let (mut cursor, mut seen, mut steps) = (0, 0, 0);
+        loop {
+            let (batch, reached_end) = p.pinning_keys_from(cursor, 256);
+            assert!(batch.len() <= 256);
+            seen += batch.len() as u64;
+            steps += 1;
+            if reached_end {
+                break;
+            }
+            cursor = batch.last().map_or(cursor, |(offset, _)| offset + 1);
+        }
+        assert_eq!(seen, keys);
+        assert_eq!(
+            steps,
+            keys.div_ceil(256) + u64::from(keys.is_multiple_of(256))
+        );
+        assert_eq!(p.checkpoint(), 0);
+        p.covered("A/0", 0);
+        assert_eq!(p.checkpoint(), 1);
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::metrics as m;
 use crate::partition::TailBudget;
 use crate::shard::{AggregateType, LiveEntry, Shard, ShardArgs, ShardMsg};
 
+/// The longest [`Aggregate::TYPE`] name accepted, in bytes.
+pub const MAX_TYPE_NAME_BYTES: usize = 255;
+
 /// The aggregate runtime. Cheap to clone; every clone drives the same runtime.
 ///
 /// ```no_run
@@ -48,6 +51,13 @@ pub(crate) struct Shared {
     pub(crate) registry: DashMap<String, Arc<LiveEntry>>,
     /// The shard of every partition this instance owns.
     pub(crate) shards: DashMap<u32, ActorRef<ShardMsg>>,
+    /// Shards taken out of `shards` (revoked, lost, aborted) that have not stopped yet.
+    retiring: DashMap<u32, ActorRef<ShardMsg>>,
+    /// Makes moving a shard between `shards` and `retiring`, and an assignment's look at
+    /// both, one step. A std `Mutex`: never held across an `.await`.
+    handover: std::sync::Mutex<()>,
+    /// Serializes assignments (a tokio `Mutex`: held across the recovery of the partitions).
+    assigning: tokio::sync::Mutex<()>,
     /// Commands and queries admitted and not yet answered, capped by `max_in_flight`.
     pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) activations: Semaphore,
@@ -161,8 +171,15 @@ impl Runtime {
     ///
     /// # Panics
     /// If another Rust type already registered the same [`Aggregate::TYPE`] name: two types
-    /// sharing one key space would corrupt each other's history.
+    /// sharing one key space would corrupt each other's history. If the name is empty,
+    /// longer than [`MAX_TYPE_NAME_BYTES`] or contains `/`: keys are `"{TYPE}/{id}"`, so a
+    /// `/` in the name would collide with another type's ids.
     pub fn aggregate<A: Aggregate>(&self) -> AggregateHandle<A> {
+        assert!(
+            !A::TYPE.is_empty() && A::TYPE.len() <= MAX_TYPE_NAME_BYTES && !A::TYPE.contains('/'),
+            "invalid Aggregate::TYPE {:?}: it must be 1 to {MAX_TYPE_NAME_BYTES} bytes without '/'",
+            crate::error::short(A::TYPE)
+        );
         let id = TypeId::of::<A>();
         let existing = *self.shared.types.entry(A::TYPE).or_insert(id);
         assert!(
@@ -208,36 +225,100 @@ impl Runtime {
     }
 
     /// Starts serving `partitions` (recovering each first). Used by ownership integrations
-    /// such as the Kafka consumer group; partitions already owned are skipped.
+    /// such as the Kafka consumer group; partitions already owned are skipped, and a
+    /// partition whose previous shard is still stopping (a revoke in progress) is assigned
+    /// once that shard has stopped. All or nothing: if one partition fails to recover, the
+    /// shards started for the others are stopped again and the error is returned.
     pub async fn assign(&self, partitions: &[u32]) -> Result<(), Error> {
-        let mut started = Vec::new();
-        for &partition in partitions {
-            if partition >= self.shared.partitions {
-                return Err(Error::Config(format!(
-                    "partition {partition} out of range (the log has {})",
-                    self.shared.partitions
-                )));
-            }
-            if self.shared.shards.contains_key(&partition) {
-                continue;
-            }
-            let shared = self.shared.clone();
-            started.push(async move {
-                let (shard, _) = Actor::spawn(None, Shard, ShardArgs { shared, partition })
-                    .await
-                    .map_err(|e| Error::Spawn {
-                        what: format!("shard of partition {partition}"),
-                        reason: e.to_string(),
-                    })?;
-                Ok::<_, Error>((partition, shard))
-            });
+        let shared = &self.shared;
+        if let Some(&partition) = partitions.iter().find(|&&p| p >= shared.partitions) {
+            return Err(Error::Config(format!(
+                "partition {partition} out of range (the log has {})",
+                shared.partitions
+            )));
         }
+        // One assignment at a time: two concurrent ones must not both spawn a shard.
+        let _assigning = shared.assigning.lock().await;
+        let mut wanted: Vec<u32> = partitions.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut started = Vec::new();
+        for partition in wanted {
+            loop {
+                let retiring = {
+                    let _handover = lock(&shared.handover);
+                    if shared.shards.contains_key(&partition) {
+                        break;
+                    }
+                    shared.retiring.get(&partition).map(|s| s.clone())
+                };
+                let Some(old) = retiring else {
+                    let shared = shared.clone();
+                    started.push(async move {
+                        // Recovered before the shard is spawned, so its errors keep their type.
+                        let (part, checkpoint) = crate::shard::recover(&shared, partition).await?;
+                        let args = ShardArgs {
+                            shared,
+                            part,
+                            checkpoint,
+                        };
+                        let (shard, _) =
+                            Actor::spawn(None, Shard, args)
+                                .await
+                                .map_err(|e| Error::Spawn {
+                                    what: format!("shard of partition {partition}"),
+                                    reason: e.to_string(),
+                                })?;
+                        Ok::<_, Error>((partition, shard))
+                    });
+                    break;
+                };
+                let _ = old.wait(None).await;
+                let _handover = lock(&shared.handover);
+                shared
+                    .retiring
+                    .remove_if(&partition, |_, s| s.get_id() == old.get_id());
+            }
+        }
+        let mut spawned = Vec::new();
+        let mut failure = None;
         for result in futures::future::join_all(started).await {
-            let (partition, shard) = result?;
-            self.shared.owner_of.remove(&partition);
-            self.shared.shards.insert(partition, shard);
+            match result {
+                Ok(shard) => spawned.push(shard),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for (_, shard) in spawned {
+                kill_shard(&shard).await;
+            }
+            return Err(e);
+        }
+        let _handover = lock(&shared.handover);
+        for (partition, shard) in spawned {
+            shared.owner_of.remove(&partition);
+            shared.shards.insert(partition, shard);
         }
         Ok(())
+    }
+
+    /// Takes the shard of `partition` out of service: no command reaches it any more, and
+    /// until it has stopped an assignment of the partition waits for it.
+    fn retire(&self, partition: u32) -> Option<ActorRef<ShardMsg>> {
+        let _handover = lock(&self.shared.handover);
+        let (_, shard) = self.shared.shards.remove(&partition)?;
+        self.shared.retiring.insert(partition, shard.clone());
+        Some(shard)
+    }
+
+    /// The shard of `partition` has stopped.
+    fn retired(&self, partition: u32, shard: &ActorRef<ShardMsg>) {
+        let _handover = lock(&self.shared.handover);
+        self.shared
+            .retiring
+            .remove_if(&partition, |_, s| s.get_id() == shard.get_id());
     }
 
     /// Stops serving `partitions`: new commands get `NotOwner`, live actors drain and snapshot,
@@ -248,11 +329,15 @@ impl Runtime {
             if let Some(owner) = &owner {
                 self.shared.owner_of.insert(partition, owner.clone());
             }
-            if let Some((_, shard)) = self.shared.shards.remove(&partition) {
-                let (tx, rx) = oneshot::channel();
-                if shard.send_message(ShardMsg::Stop { reply: tx }).is_ok() {
-                    stopped.push(rx);
-                }
+            if let Some(shard) = self.retire(partition) {
+                stopped.push(async move {
+                    let (tx, rx) = oneshot::channel();
+                    if shard.send_message(ShardMsg::Stop { reply: tx }).is_ok() {
+                        let _ = rx.await;
+                    }
+                    let _ = shard.wait(None).await;
+                    self.retired(partition, &shard);
+                });
             }
         }
         futures::future::join_all(stopped).await;
@@ -289,17 +374,12 @@ impl Runtime {
     /// Kills the shards of `partitions` and every actor they spawned, without snapshots or
     /// checkpoint commits.
     async fn kill_shards(&self, partitions: &[u32]) {
-        for partition in partitions {
-            let Some((_, shard)) = self.shared.shards.remove(partition) else {
+        for &partition in partitions {
+            let Some(shard) = self.retire(partition) else {
                 continue;
             };
-            // The shard kills every actor it spawned, draining ones included (ractor does not
-            // take draining children down with their supervisor), then itself.
-            let (tx, rx) = oneshot::channel();
-            if shard.send_message(ShardMsg::Abort { reply: tx }).is_ok() {
-                let _ = rx.await;
-            }
-            let _ = shard.kill_and_wait(None).await;
+            kill_shard(&shard).await;
+            self.retired(partition, &shard);
         }
     }
 
@@ -314,6 +394,22 @@ impl Runtime {
         info!("runtime stopped");
         Ok(())
     }
+}
+
+/// Kills `shard` and every actor it spawned, without snapshots or checkpoint commits.
+async fn kill_shard(shard: &ActorRef<ShardMsg>) {
+    // The shard kills every actor it spawned, draining ones included (ractor does not take
+    // draining children down with their supervisor), then itself.
+    let (tx, rx) = oneshot::channel();
+    if shard.send_message(ShardMsg::Abort { reply: tx }).is_ok() {
+        let _ = rx.await;
+    }
+    let _ = shard.kill_and_wait(None).await;
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Guards a few map operations that cannot leave anything half-done.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Builds a [`Runtime`]. Every setting has a documented default (see [`RuntimeConfig`]).
@@ -385,9 +481,27 @@ impl RuntimeBuilder {
         self
     }
 
-    /// How many command ids each aggregate remembers. Default = 128.
+    /// See [`RuntimeConfig::max_id_bytes`]. Default = 4 KiB.
+    pub fn max_id_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_id_bytes = bytes;
+        self
+    }
+
+    /// How many command ids each aggregate remembers at least. Default = 128.
     pub fn dedup_window(mut self, window: usize) -> Self {
         self.config.dedup_window = window;
+        self
+    }
+
+    /// See [`RuntimeConfig::dedup_retention`]. Default = 10 min.
+    pub fn dedup_retention(mut self, retention: Duration) -> Self {
+        self.config.dedup_retention = retention;
+        self
+    }
+
+    /// See [`RuntimeConfig::dedup_max_ids`]. Default = 4 096.
+    pub fn dedup_max_ids(mut self, max: usize) -> Self {
+        self.config.dedup_max_ids = max;
         self
     }
 
@@ -429,6 +543,9 @@ impl RuntimeBuilder {
             activations: Semaphore::new(self.config.max_concurrent_activations),
             registry: DashMap::new(),
             shards: DashMap::new(),
+            retiring: DashMap::new(),
+            handover: std::sync::Mutex::new(()),
+            assigning: tokio::sync::Mutex::new(()),
             live: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             started: tokio::time::Instant::now(),

@@ -10,11 +10,11 @@
 //!   are served, it snapshots and stops. A command for a key whose old actor is still
 //!   draining waits here until it has stopped, then gets a fresh activation — so two actors
 //!   of one aggregate never run at once.
-//! - **Recovery.** On start the shard reads its partition's checkpoint, scans the events
+//! - **Recovery.** Before the shard starts, [`recover`] reads its partition's checkpoint, scans the events
 //!   from there to the end into the recovery index and drops what snapshots already cover.
 //! - **Maintenance.** A periodic tick passivates idle actors and commits the checkpoint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::envelope::SnapshotEnvelope;
-use crate::error::Error;
+use crate::error::{Error, StorageError, short};
 use crate::log::{LogBackend, Offset};
 use crate::metrics as m;
 use crate::partition::PartitionState;
@@ -58,8 +58,15 @@ pub(crate) struct AggregateType {
     pub(crate) compact: Box<dyn Fn(&ActorCell) -> bool + Send + Sync>,
 }
 
-/// How many pinning aggregates a shard settles per maintenance tick.
-const SETTLE_PER_TICK: usize = 8;
+/// How many pinning aggregates a shard settles at once; each one settled starts the next.
+const SETTLE_CONCURRENCY: usize = 8;
+
+/// How many pinning keys one settling step looks at, at most: live, unloadable and
+/// unregistered ones are passed over, so this bounds a step's work however many there are.
+const SETTLE_VISITS: usize = 256;
+
+/// How long an aggregate that failed to settle is passed over before it is tried again.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub(crate) type ActivateReply = oneshot::Sender<Result<Arc<LiveEntry>, ActivateError>>;
 
@@ -88,9 +95,25 @@ pub(crate) enum ShardMsg {
 
 pub(crate) struct Shard;
 
+/// Where settling is in its walk over the keys that hold the checkpoint back.
+#[derive(Default)]
+struct Settling {
+    /// The walk goes on from the keys whose first uncovered event is at or above this.
+    cursor: Offset,
+    /// Keys being settled now.
+    running: HashSet<String>,
+    /// Keys that could not be settled: the offset they held the checkpoint at then, and
+    /// when. They are passed over until they move or `SETTLE_RETRY` has passed.
+    stuck: HashMap<String, (Offset, tokio::time::Instant)>,
+    /// Aggregate types whose keys were passed over (no handle asked for yet): warned once.
+    unregistered: HashSet<String>,
+}
+
+/// A recovered partition, ready to be served (see [`recover`]).
 pub(crate) struct ShardArgs {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) partition: u32,
+    pub(crate) part: PartitionState,
+    pub(crate) checkpoint: Offset,
 }
 
 pub(crate) struct ShardState {
@@ -102,6 +125,7 @@ pub(crate) struct ShardState {
     /// Activations waiting for a draining actor of the same key to stop.
     waiting: HashMap<String, Vec<(Spawner, ActivateReply)>>,
     committed_checkpoint: Offset,
+    settling: Settling,
     /// When the checkpoint was last committed (or loaded); `None` before the first commit.
     committed_at: Option<tokio::time::Instant>,
     stopping: Option<Vec<oneshot::Sender<()>>>,
@@ -123,15 +147,16 @@ impl Actor for Shard {
         myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
-        let (part, checkpoint) = recover(&args.shared, args.partition).await?;
         myself.send_interval(args.shared.config.tick(), || ShardMsg::Maintain);
+        let checkpoint = args.checkpoint;
         Ok(ShardState {
             shared: args.shared,
-            part: Arc::new(part),
+            part: Arc::new(args.part),
             actors: HashMap::new(),
             keys: HashMap::new(),
             waiting: HashMap::new(),
             committed_checkpoint: checkpoint,
+            settling: Settling::default(),
             committed_at: None,
             stopping: None,
         })
@@ -189,15 +214,22 @@ impl Actor for Shard {
             return Ok(());
         };
         if let Some(failure) = failure {
-            warn!(aggregate = %key, %failure, "aggregate actor failed");
+            warn!(aggregate = %short(&key), %failure, "aggregate actor failed");
         }
         state.actors.remove(&key);
         state.shared.unregister(&key, id);
+        let settled = state.settling.running.remove(&key);
         let live = state.shared.live.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!(m::LIVE_ACTORS).set(live as f64);
         if let Some(waiters) = state.waiting.remove(&key) {
             for (spawner, reply) in waiters {
                 state.activate(&myself, key.clone(), spawner, reply).await;
+            }
+        }
+        if settled {
+            state.settled(&key);
+            if state.stopping.is_none() {
+                state.settle(&myself).await;
             }
         }
         state.finish_stop_if_done(&myself).await;
@@ -260,7 +292,7 @@ impl ShardState {
                 && self.shared.passivate(key, entry)
             {
                 metrics::counter!(m::PASSIVATIONS, "reason" => "idle").increment(1);
-                debug!(aggregate = %key, "passivating idle actor");
+                debug!(aggregate = %short(key), "passivating idle actor");
             }
         }
         let live = self.shared.live.load(Ordering::Relaxed);
@@ -273,37 +305,99 @@ impl ShardState {
         self.commit_checkpoint().await;
     }
 
-    /// Activates and snapshots a few aggregates that are not live but have events no snapshot
+    /// Activates and snapshots aggregates that are not live but have events no snapshot
     /// covers — after a crash, the ones that hold the checkpoint (and so the next recovery's
     /// scan) back. Normal passivation never leaves such aggregates behind.
+    ///
+    /// It walks the keys by first uncovered event, from where it stopped last, a bounded
+    /// number per step, and keeps up to `SETTLE_CONCURRENCY` settling; each one that stops
+    /// starts the next, so the pace is the activations', not the tick's. Keys it cannot
+    /// load (their type has no handle yet, their history does not load) are reported and
+    /// passed over: they hold the checkpoint, never the others' settling.
     async fn settle(&mut self, myself: &ActorRef<ShardMsg>) {
-        for key in self.part.pinning_keys(SETTLE_PER_TICK) {
-            if self.actors.contains_key(&key) {
+        if self.settling.running.len() >= SETTLE_CONCURRENCY {
+            return;
+        }
+        let (keys, reached_end) = self
+            .part
+            .pinning_keys_from(self.settling.cursor, SETTLE_VISITS);
+        let mut cursor = if reached_end { 0 } else { self.settling.cursor };
+        for (first, key) in keys {
+            if self.settling.running.len() >= SETTLE_CONCURRENCY {
+                break;
+            }
+            if !reached_end {
+                cursor = first + 1;
+            }
+            if self.actors.contains_key(&key) || self.settling.running.contains(&key) {
                 continue; // live: it snapshots when passivated
             }
-            let Some((type_name, id)) = key.split_once('/') else {
+            if let Some((at, since)) = self.settling.stuck.get(&key)
+                && *at == first
+                && since.elapsed() < SETTLE_RETRY
+            {
+                continue;
+            }
+            let aggregate_type = key.split_once('/').and_then(|(type_name, id)| {
+                let found = self
+                    .shared
+                    .aggregate_types
+                    .get(type_name)
+                    .map(|t| t.clone());
+                if found.is_none() && self.settling.unregistered.insert(type_name.to_owned()) {
+                    warn!(
+                        partition = self.part.partition,
+                        aggregate_type = %short(type_name),
+                        "aggregates of a type without a handle hold the checkpoint back; \
+                         they settle once the application asks for the type's handle"
+                    );
+                }
+                found.map(|t| (t, id.to_owned()))
+            });
+            let Some((aggregate_type, id)) = aggregate_type else {
+                // Checked again in SETTLE_RETRY: the handle may have been asked for by then.
+                let now = tokio::time::Instant::now();
+                if self.settling.stuck.insert(key, (first, now)).is_none() {
+                    metrics::counter!(m::SETTLE_SKIPPED, "reason" => "unregistered").increment(1);
+                }
                 continue;
             };
-            let Some(aggregate_type) = self
-                .shared
-                .aggregate_types
-                .get(type_name)
-                .map(|t| t.clone())
-            else {
-                continue; // the application has not asked for this type's handle yet
-            };
-            let spawner =
-                (aggregate_type.spawner)(self.shared.clone(), key.clone(), id.to_string());
+            let spawner = (aggregate_type.spawner)(self.shared.clone(), key.clone(), id);
             let (reply, _) = oneshot::channel();
             self.activate(myself, key.clone(), spawner, reply).await;
             if let Some(entry) = self.actors.get(&key) {
                 entry.queued.fetch_add(1, Ordering::Relaxed);
-                if !(aggregate_type.compact)(&entry.cell) {
+                if (aggregate_type.compact)(&entry.cell) {
+                    self.settling.running.insert(key.clone());
+                } else {
                     entry.queued.fetch_sub(1, Ordering::Relaxed);
                 }
-                debug!(aggregate = %key, "settling an aggregate that holds the checkpoint back");
+                debug!(aggregate = %short(&key), "settling an aggregate that holds the checkpoint back");
             }
         }
+        self.settling.cursor = cursor;
+    }
+
+    /// The actor settling `key` has stopped: if the key still holds the checkpoint back,
+    /// it could not be loaded or snapshotted, and is passed over for a while.
+    fn settled(&mut self, key: &str) {
+        let Some(at) = self.part.pinned_at(key) else {
+            self.settling.stuck.remove(key);
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if let Some(stuck) = self.settling.stuck.get_mut(key) {
+            *stuck = (at, now); // reported already
+            return;
+        }
+        metrics::counter!(m::SETTLE_SKIPPED, "reason" => "unloadable").increment(1);
+        warn!(
+            partition = self.part.partition,
+            aggregate = %short(key),
+            offset = at,
+            "an aggregate that holds the checkpoint back cannot be settled; passed over"
+        );
+        self.settling.stuck.insert(key.to_owned(), (at, now));
     }
 
     async fn commit_checkpoint(&mut self) {
@@ -372,11 +466,11 @@ async fn snapshot_coverage(
     let Some(bytes) = backend.load_snapshot(partition, key.to_owned()).await? else {
         return Ok(None);
     };
-    match SnapshotEnvelope::decode(&bytes, &format!("snapshot of {key}")) {
+    match SnapshotEnvelope::decode(&bytes, &format!("snapshot of {}", short(key))) {
         Ok(snapshot) => Ok(snapshot.covered_offset),
         // Left uncovered: the aggregate will rebuild when activated.
         Err(e) => {
-            warn!(aggregate = %key, error = %e, "unreadable snapshot during recovery");
+            warn!(aggregate = %short(key), error = %e, "unreadable snapshot during recovery");
             Ok(None)
         }
     }
@@ -384,7 +478,10 @@ async fn snapshot_coverage(
 
 /// Rebuilds the recovery index and the tail of `partition`: events from the checkpoint to the
 /// end, minus what the latest snapshots cover.
-async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Offset), Error> {
+pub(crate) async fn recover(
+    shared: &Shared,
+    partition: u32,
+) -> Result<(PartitionState, Offset), Error> {
     let span = info_span!(
         "recovery",
         partition,
@@ -400,7 +497,19 @@ async fn recover(shared: &Shared, partition: u32) -> Result<(PartitionState, Off
             .await?
             .unwrap_or(0);
         let end = backend.end_offset(partition).await?;
-        let part = PartitionState::new(partition, checkpoint.max(end), shared.tail_budget.clone());
+        if checkpoint > end {
+            // Every checkpoint this runtime commits is at most the end it knew of: a larger
+            // one means the log lost records (or the checkpoint belongs to another log).
+            // Starting from it would leave the events below it unindexed and reuse their
+            // sequence numbers.
+            return Err(Error::Storage(StorageError::Corrupt {
+                context: format!("the recovery checkpoint of partition {partition}"),
+                detail: format!(
+                    "checkpoint offset {checkpoint} is beyond the partition's end offset {end}"
+                ),
+            }));
+        }
+        let part = PartitionState::new(partition, end, shared.tail_budget.clone());
         // The coverage of each key's latest snapshot, looked up when the scan first meets the
         // key: an event it covers is neither indexed nor kept in the tail.
         let mut coverage: HashMap<String, Option<Offset>> = HashMap::new();

@@ -251,6 +251,7 @@ impl EmbeddedLogBuilder {
             acked_written: acked,
             acked_ends_interval: self.acked_ends_interval,
             last_acked_write: Instant::now(),
+            first_failure: None,
         };
         let writer = std::thread::Builder::new()
             .name("keel-embedded-writer".into())
@@ -412,8 +413,9 @@ impl SnapshotStore for EmbeddedLog {
                 .map_err(|e| {
                     StorageError::io(
                         format!(
-                            "{}: loading the snapshot of {key} (partition {partition})",
-                            self.store.path.display()
+                            "{}: loading the snapshot of {} (partition {partition})",
+                            self.store.path.display(),
+                            crate::error::short(&key)
                         ),
                         e,
                     )
@@ -508,6 +510,34 @@ struct Writer {
     acked_written: Option<Vec<Offset>>,
     acked_ends_interval: Duration,
     last_acked_write: Instant,
+    /// The failure of the first commit that failed. fjall takes no write after a failed
+    /// one (it answers "poisoned"), so every later failure names this cause: "no space
+    /// left on device" rather than "poisoned".
+    first_failure: Option<Arc<fjall::Error>>,
+}
+
+/// A commit that failed because an earlier one did: the store takes no more writes until
+/// it is reopened.
+#[derive(Debug)]
+struct AfterFailure {
+    error: fjall::Error,
+    first: Arc<fjall::Error>,
+}
+
+impl std::fmt::Display for AfterFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} — the store takes no writes until reopened, after an earlier commit failed: {}",
+            self.error, self.first
+        )
+    }
+}
+
+impl std::error::Error for AfterFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.first)
+    }
 }
 
 /// A request's answer, held until the batch it is in has been committed.
@@ -636,7 +666,10 @@ impl Writer {
                 } => {
                     write.insert(&self.store.snapshots, snapshot_key(partition, &key), value);
                     pending.push(Pending::Done {
-                        what: format!("saving the snapshot of {key} (partition {partition})"),
+                        what: format!(
+                            "saving the snapshot of {} (partition {partition})",
+                            crate::error::short(&key)
+                        ),
                         reply,
                     });
                 }
@@ -715,7 +748,17 @@ impl Writer {
                     requests,
                     "embedded log group commit failed"
                 );
-                let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(e);
+                let source: Arc<dyn std::error::Error + Send + Sync> = match &self.first_failure {
+                    Some(first) => Arc::new(AfterFailure {
+                        error: e,
+                        first: first.clone(),
+                    }),
+                    None => {
+                        let first = Arc::new(e);
+                        self.first_failure = Some(first.clone());
+                        first
+                    }
+                };
                 let path = self.store.path.display();
                 for answer in pending {
                     let context = match &answer {
