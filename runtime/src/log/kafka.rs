@@ -516,19 +516,33 @@ impl KafkaLog {
         partition: u32,
     ) -> BoxFuture<'a, Result<Offset, StorageError>> {
         Box::pin(async move {
-            let producer = self.producer();
-            let lookup = topic.to_owned();
             let timeout = self.config.request_timeout;
-            let context = || self.at("fetching the high watermark of", topic, partition, None);
-            let (_low, high) = tokio::task::spawn_blocking(move || {
-                producer
-                    .client()
-                    .fetch_watermarks(&lookup, partition as i32, timeout)
-            })
-            .await
-            .map_err(|e| StorageError::io(context(), e))?
-            .map_err(|e| StorageError::io(context(), e))?;
-            Ok(high.max(0) as Offset)
+            let context = || self.at("fetching the end offset of", topic, partition, None);
+            let deadline = Instant::now() + timeout;
+            let mut pause = Duration::from_millis(20);
+            loop {
+                let producer = self.producer();
+                let lookup = topic.to_owned();
+                let answer = tokio::task::spawn_blocking(move || {
+                    producer
+                        .client()
+                        .fetch_watermarks(&lookup, partition as i32, timeout)
+                })
+                .await
+                .map_err(join_failed)
+                .and_then(|r| r);
+                match answer {
+                    Ok((_low, high)) => return Ok(high.max(0) as Offset),
+                    // A partition just created, or whose leader just moved, has no leader
+                    // known to this client yet: ask again shortly.
+                    Err(e) if leader_unknown(&e) && Instant::now() + pause < deadline => {
+                        tracing::debug!(at = %context(), error = %e, "no partition leader yet; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    Err(e) => return Err(StorageError::io(context(), e)),
+                }
+            }
         })
     }
 
@@ -664,6 +678,22 @@ fn coordinator_unready(e: &KafkaError) -> bool {
             RDKafkaErrorCode::NotCoordinator
                 | RDKafkaErrorCode::CoordinatorNotAvailable
                 | RDKafkaErrorCode::CoordinatorLoadInProgress
+        )
+    )
+}
+
+/// Whether `e` says the partition's leader is not known (yet) or has just moved.
+fn leader_unknown(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::FencedLeaderEpoch
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
         )
     )
 }
