@@ -122,6 +122,9 @@ impl ActivationFailure {
     }
 }
 
+/// How many recent outcomes a live actor keeps the events of (see `Live::recent_events`).
+const RECENT_OUTCOMES: usize = 32;
+
 struct Live<A: Aggregate> {
     state: A,
     seq: u64,
@@ -129,6 +132,10 @@ struct Live<A: Aggregate> {
     /// Events applied since the last snapshot written (or loaded).
     unsnapshotted: u64,
     recent: DedupWindow,
+    /// The events of the last few commands with an id this actor committed, so a retry that
+    /// comes while the actor is live (the usual case: a lost reply) is answered from memory;
+    /// older outcomes are read back from the log.
+    recent_events: std::collections::VecDeque<(String, Vec<A::Event>)>,
     /// Reused to encode event payloads, so a command does not allocate one per event.
     scratch: Vec<u8>,
     /// The state can no longer be trusted (a panic in `apply` after a commit): the actor
@@ -297,6 +304,14 @@ async fn execute<A: Aggregate>(
     {
         debug!(command_id = %short(id), "duplicate command id; returning the original outcome");
         let done = done.clone();
+        if let Some((_, events)) = live.recent_events.iter().find(|(seen, _)| seen == id) {
+            return Ok(Committed {
+                events: events.clone(),
+                seq: done.seq,
+                position: done.position,
+                deduplicated: true,
+            });
+        }
         return remembered_outcome::<A>(args, &done).await;
     }
     let key = &args.key;
@@ -419,6 +434,10 @@ async fn execute<A: Aggregate>(
     };
     live.last_offset = Some(position.offset);
     if let Some(id) = command_id {
+        if live.recent_events.len() >= RECENT_OUTCOMES {
+            live.recent_events.pop_front();
+        }
+        live.recent_events.push_back((id.clone(), events.clone()));
         live.recent.remember(Remembered {
             command_id: id,
             seq: live.seq,

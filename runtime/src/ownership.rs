@@ -48,13 +48,52 @@ use crate::runtime::Runtime;
 /// How often the owners of other partitions are looked up again (DescribeGroups).
 const OWNERS_REFRESH: Duration = Duration::from_secs(2);
 
-/// Membership of this instance in its application's consumer group. Dropping it without
-/// [`KafkaOwnership::leave`] leaves the group abruptly (the partitions move after the
-/// session timeout).
+/// Partition ownership through the consumer group of a [`KafkaLog`]'s app id, configured once
+/// on the runtime with [`RuntimeBuilder::ownership`](crate::RuntimeBuilder::ownership):
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), keel::Error> {
+/// use std::sync::Arc;
+/// let log = Arc::new(keel::KafkaConfig::new("127.0.0.1:9092").app_id("inventory").open().await?);
+/// let runtime = keel::Runtime::builder()
+///     .ownership(keel::KafkaOwnership::new(log, "10.0.0.5:8080"))
+///     .start()
+///     .await?;
+/// // … serve commands; the group decides which partitions this instance owns …
+/// runtime.shutdown().await?; // leaves the group: partitions handed over, snapshots, commits
+/// # Ok(()) }
+/// ```
+///
+/// The runtime then uses the log as its backend and the log's app id as its own, starts with no
+/// partitions, joins the group when it starts and leaves it in
+/// [`Runtime::shutdown`](crate::Runtime::shutdown).
+#[derive(Clone)]
 pub struct KafkaOwnership {
+    pub(crate) log: Arc<KafkaLog>,
+    pub(crate) endpoint: String,
+}
+
+impl KafkaOwnership {
+    /// Ownership through `log`'s consumer group. `endpoint` is how other instances reach this
+    /// one: its group member's `client.id`, and what their `NotOwner` errors name.
+    pub fn new(log: Arc<KafkaLog>, endpoint: impl Into<String>) -> Self {
+        KafkaOwnership {
+            log,
+            endpoint: endpoint.into(),
+        }
+    }
+
+    /// This instance's endpoint.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+/// This instance's membership in its application's consumer group: the thread that polls the
+/// group member. Held by the runtime; [`Membership::leave`] ends it.
+pub(crate) struct Membership {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    endpoint: String,
 }
 
 struct OwnershipContext {
@@ -100,7 +139,7 @@ impl ConsumerContext for OwnershipContext {
                 // of these partitions has snapshotted and stopped; then, in the transactional
                 // mode, their producers commit and stop.
                 self.tokio.block_on(async {
-                    self.runtime.revoke(&partitions, None).await;
+                    self.runtime.revoke_partitions(&partitions, None).await;
                     let released = partitions.iter().map(|&partition| async move {
                         if let Err(e) = self.log.release_partition(partition).await {
                             warn!(partition, error = %e, "cannot release the partition's producer");
@@ -154,7 +193,7 @@ impl ConsumerContext for OwnershipContext {
             if served.is_empty() {
                 return;
             }
-            if let Err(e) = self.tokio.block_on(self.runtime.assign(&served)) {
+            if let Err(e) = self.tokio.block_on(self.runtime.assign_partitions(&served)) {
                 warn!(partitions = ?served, error = %e, "cannot serve the assigned partitions");
             }
         }
@@ -169,17 +208,12 @@ impl OwnershipContext {
     }
 }
 
-impl KafkaOwnership {
-    /// Joins the consumer group of `log`'s app id. `runtime` must have been started on `log`
-    /// with no partitions (`RuntimeBuilder::owned_partitions(vec![])`); the group decides
-    /// which it serves from now on. `endpoint` is how other instances can reach this one,
-    /// reported in their `NotOwner` errors.
-    pub fn join(
-        runtime: &Runtime,
-        log: Arc<KafkaLog>,
-        endpoint: impl Into<String>,
-    ) -> Result<KafkaOwnership, Error> {
-        let endpoint = endpoint.into();
+impl Membership {
+    /// Joins the consumer group of `ownership`'s log. `runtime` was started on that log with
+    /// no partitions; the group decides which it serves from now on.
+    pub(crate) fn join(runtime: &Runtime, ownership: &KafkaOwnership) -> Result<Membership, Error> {
+        let log = ownership.log.clone();
+        let endpoint = ownership.endpoint.clone();
         let config = log.config();
         let bootstrap = config.bootstrap_servers.clone();
         let group = config.app_id.clone();
@@ -226,21 +260,15 @@ impl KafkaOwnership {
                 })?
         };
         info!(%endpoint, "joined the application's consumer group");
-        Ok(KafkaOwnership {
+        Ok(Membership {
             stop,
             thread: Some(thread),
-            endpoint,
         })
-    }
-
-    /// This instance's endpoint.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     /// Leaves the group gracefully: this instance's partitions are revoked (snapshots written,
     /// checkpoints committed) and the group rebalances them to the other members.
-    pub async fn leave(mut self) {
+    pub(crate) async fn leave(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             // The membership thread blocks on the runtime while it revokes: wait for it off
@@ -250,7 +278,7 @@ impl KafkaOwnership {
     }
 }
 
-impl Drop for KafkaOwnership {
+impl Drop for Membership {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
@@ -317,7 +345,7 @@ fn refresh_owners(
             };
             for partition in partitions {
                 if !owned.contains(&partition) {
-                    runtime.set_owner(partition, member.client_id());
+                    runtime.record_owner(partition, member.client_id());
                 }
             }
         }

@@ -45,6 +45,10 @@ pub struct Runtime {
 /// State shared by the runtime, its shards, its actors and its handles.
 pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn LogBackend>,
+    /// This instance's consumer-group membership, when ownership is configured; taken (and
+    /// left) by shutdown.
+    #[cfg(feature = "kafka")]
+    pub(crate) membership: std::sync::Mutex<Option<crate::ownership::Membership>>,
     pub(crate) config: RuntimeConfig,
     pub(crate) partitions: u32,
     /// Live aggregate actors by key: the command path's lock-free lookup.
@@ -229,7 +233,7 @@ impl Runtime {
     /// partition whose previous shard is still stopping (a revoke in progress) is assigned
     /// once that shard has stopped. All or nothing: if one partition fails to recover, the
     /// shards started for the others are stopped again and the error is returned.
-    pub async fn assign(&self, partitions: &[u32]) -> Result<(), Error> {
+    pub(crate) async fn assign_partitions(&self, partitions: &[u32]) -> Result<(), Error> {
         let shared = &self.shared;
         if let Some(&partition) = partitions.iter().find(|&&p| p >= shared.partitions) {
             return Err(Error::Config(format!(
@@ -323,7 +327,7 @@ impl Runtime {
 
     /// Stops serving `partitions`: new commands get `NotOwner`, live actors drain and snapshot,
     /// the checkpoints are committed. `owner` names the new owner's endpoint when known.
-    pub async fn revoke(&self, partitions: &[u32], owner: Option<String>) {
+    pub(crate) async fn revoke_partitions(&self, partitions: &[u32], owner: Option<String>) {
         let mut stopped = Vec::new();
         for &partition in partitions {
             if let Some(owner) = &owner {
@@ -344,18 +348,36 @@ impl Runtime {
     }
 
     /// Records where a partition this instance does not own is served, for `NotOwner` errors.
-    pub fn set_owner(&self, partition: u32, endpoint: impl Into<String>) {
+    #[cfg_attr(
+        not(any(feature = "kafka", feature = "test-support")),
+        allow(dead_code)
+    )]
+    pub(crate) fn record_owner(&self, partition: u32, endpoint: impl Into<String>) {
         self.shared.owner_of.insert(partition, endpoint.into());
     }
 
     /// Stops everything at once, as a crash would: no snapshots, no checkpoint commits, no
     /// waiting for commands in flight (they get errors). What was acknowledged is in the log;
     /// a runtime started afterwards recovers exactly as after a process crash.
-    pub async fn abort(&self) {
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+    pub(crate) async fn crash(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let partitions = self.owned_partitions();
         self.kill_shards(&partitions).await;
         self.shared.registry.clear();
+        // No shard is left to drain: leaving the group only hands the partitions over.
+        self.leave_group().await;
+    }
+
+    /// Leaves the consumer group, when ownership is configured.
+    async fn leave_group(&self) {
+        #[cfg(feature = "kafka")]
+        {
+            let membership = lock(&self.shared.membership).take();
+            if let Some(membership) = membership {
+                membership.leave().await;
+            }
+        }
     }
 
     /// Stops serving `partitions` at once because they were *lost*: this instance's group
@@ -363,6 +385,7 @@ impl Runtime {
     /// snapshotted and no checkpoint is committed (that would write to partitions this
     /// instance no longer owns); commands in flight get errors. Nothing acknowledged is lost:
     /// the next owner recovers from the log as after a crash.
+    #[cfg(feature = "kafka")]
     pub(crate) async fn lose(&self, partitions: &[u32]) {
         self.kill_shards(partitions).await;
         let count = self.shared.partitions;
@@ -387,12 +410,44 @@ impl Runtime {
     /// live actors, commits the recovery checkpoints and closes the backend. When it returns,
     /// everything acknowledged is durable in the backend.
     pub async fn shutdown(&self) -> Result<(), Error> {
+        // Leaving the group revokes this instance's partitions through the group's callbacks
+        // (drain, snapshot, commit) and hands them to the other members.
+        self.leave_group().await;
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let partitions = self.owned_partitions();
-        self.revoke(&partitions, None).await;
+        self.revoke_partitions(&partitions, None).await;
         self.shared.backend.close().await?;
         info!("runtime stopped");
         Ok(())
+    }
+}
+
+/// Test support (feature `test-support`): driving partition ownership by hand and simulating
+/// a crash. Applications get ownership from [`RuntimeBuilder::ownership`] and stop with
+/// [`Runtime::shutdown`].
+#[cfg(feature = "test-support")]
+impl Runtime {
+    /// Starts serving `partitions`, as an ownership assignment does (see the runtime's
+    /// partition handover rules).
+    pub async fn assign(&self, partitions: &[u32]) -> Result<(), Error> {
+        self.assign_partitions(partitions).await
+    }
+
+    /// Stops serving `partitions`, as an ownership revocation does: drain, snapshot, commit.
+    pub async fn revoke(&self, partitions: &[u32], owner: Option<String>) {
+        self.revoke_partitions(partitions, owner).await
+    }
+
+    /// Records where a partition this instance does not own is served, for `NotOwner` errors.
+    pub fn set_owner(&self, partition: u32, endpoint: impl Into<String>) {
+        self.record_owner(partition, endpoint)
+    }
+
+    /// Stops everything at once, as a crash would: no snapshots, no checkpoint commits, no
+    /// waiting for commands in flight (they get errors). What was acknowledged is in the log;
+    /// a runtime started afterwards recovers exactly as after a process crash.
+    pub async fn abort(&self) {
+        self.crash().await
     }
 }
 
@@ -417,13 +472,64 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct RuntimeBuilder {
     backend: Option<Arc<dyn LogBackend>>,
     config: RuntimeConfig,
+    app_id_set: bool,
     owned: Option<Vec<u32>>,
+    #[cfg(feature = "kafka")]
+    ownership: Option<crate::ownership::KafkaOwnership>,
 }
 
 impl RuntimeBuilder {
-    /// The log backend. Required.
+    /// With ownership configured: checks it against the rest of the configuration and makes
+    /// the ownership's log the backend and its app id the runtime's.
+    #[cfg(feature = "kafka")]
+    fn take_ownership(&mut self) -> Result<Option<crate::ownership::KafkaOwnership>, Error> {
+        let Some(ownership) = self.ownership.take() else {
+            return Ok(None);
+        };
+        let log_app = &ownership.log.config().app_id;
+        if self.app_id_set && &self.config.app_id != log_app {
+            return Err(Error::Config(format!(
+                "the runtime's app id {:?} differs from its Kafka log's {log_app:?}; with \
+                 ownership the runtime takes the log's (leave RuntimeBuilder::app_id out)",
+                self.config.app_id
+            )));
+        }
+        let log: Arc<dyn LogBackend> = ownership.log.clone();
+        if let Some(backend) = &self.backend
+            && !std::ptr::addr_eq(Arc::as_ptr(backend), Arc::as_ptr(&log))
+        {
+            return Err(Error::Config(
+                "a backend other than the ownership's Kafka log was given; with ownership the \
+                 runtime runs on the ownership's log (leave RuntimeBuilder::backend out)"
+                    .into(),
+            ));
+        }
+        if self.owned.as_ref().is_some_and(|owned| !owned.is_empty()) {
+            return Err(Error::Config(
+                "fixed partitions were given together with ownership; the consumer group \
+                 assigns them (leave RuntimeBuilder::owned_partitions out)"
+                    .into(),
+            ));
+        }
+        self.config.app_id = log_app.clone();
+        self.backend = Some(log);
+        self.owned = Some(Vec::new());
+        Ok(Some(ownership))
+    }
+
+    /// The log backend. Required, unless [`RuntimeBuilder::ownership`] names the log.
     pub fn backend(mut self, backend: Arc<dyn LogBackend>) -> Self {
         self.backend = Some(backend);
+        self
+    }
+
+    /// Partition ownership through a Kafka consumer group: the runtime runs on the ownership's
+    /// log, takes its app id, starts with no partitions, joins the group on start (the group
+    /// assigns partitions from then on) and leaves it on [`Runtime::shutdown`]. Giving another
+    /// backend, another app id or fixed partitions as well is an error at start.
+    #[cfg(feature = "kafka")]
+    pub fn ownership(mut self, ownership: crate::ownership::KafkaOwnership) -> Self {
+        self.ownership = Some(ownership);
         self
     }
 
@@ -436,6 +542,7 @@ impl RuntimeBuilder {
     /// The application id. Default = `"keel"`.
     pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
         self.config.app_id = app_id.into();
+        self.app_id_set = true;
         self
     }
 
@@ -531,7 +638,10 @@ impl RuntimeBuilder {
     }
 
     /// Starts the runtime: recovers and serves the owned partitions.
-    pub async fn start(self) -> Result<Runtime, Error> {
+    #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
+    pub async fn start(mut self) -> Result<Runtime, Error> {
+        #[cfg(feature = "kafka")]
+        let ownership = self.take_ownership()?;
         let backend = self
             .backend
             .ok_or_else(|| Error::Config("a log backend is required".into()))?;
@@ -553,12 +663,19 @@ impl RuntimeBuilder {
             aggregate_types: DashMap::new(),
             owner_of: DashMap::new(),
             tail_budget: Arc::new(TailBudget::new(self.config.tail_cache_bytes)),
+            #[cfg(feature = "kafka")]
+            membership: std::sync::Mutex::new(None),
             config: self.config,
             backend,
         });
         let runtime = Runtime { shared };
         let owned = self.owned.unwrap_or_else(|| (0..partitions).collect());
-        runtime.assign(&owned).await?;
+        runtime.assign_partitions(&owned).await?;
+        #[cfg(feature = "kafka")]
+        if let Some(ownership) = &ownership {
+            let membership = crate::ownership::Membership::join(&runtime, ownership)?;
+            *lock(&runtime.shared.membership) = Some(membership);
+        }
         info!(
             backend = %runtime.shared.backend.describe(),
             partitions,

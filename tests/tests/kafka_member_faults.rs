@@ -141,11 +141,7 @@ impl Member {
     }
 }
 
-async fn survivor(
-    bootstrap: &str,
-    prefix: &str,
-    app: &str,
-) -> (Arc<KafkaLog>, Runtime, KafkaOwnership) {
+async fn survivor(bootstrap: &str, prefix: &str, app: &str) -> (Arc<KafkaLog>, Runtime) {
     let log = Arc::new(
         KafkaConfig::new(bootstrap)
             .app_id(app)
@@ -158,9 +154,7 @@ async fn survivor(
     );
     // No snapshots from the survivor: any snapshot written later is the other member's.
     let runtime = Runtime::builder()
-        .backend(log.clone())
-        .app_id(app)
-        .owned_partitions(vec![])
+        .ownership(KafkaOwnership::new(log.clone(), "survivor:7001"))
         .snapshots(SnapshotPolicy {
             every_events: 1_000_000,
             on_passivation: false,
@@ -169,8 +163,7 @@ async fn survivor(
         .start()
         .await
         .expect("start");
-    let ownership = KafkaOwnership::join(&runtime, log.clone(), "survivor:7001").expect("join");
-    (log, runtime, ownership)
+    (log, runtime)
 }
 
 /// Every event of the log, by command id.
@@ -201,13 +194,11 @@ async fn events_by_command(log: &KafkaLog) -> HashMap<String, Vec<(String, u64)>
     found
 }
 
-async fn member_and_survivor_split(
-    test: &str,
-) -> Option<(Member, Arc<KafkaLog>, Runtime, KafkaOwnership, String)> {
+async fn member_and_survivor_split(test: &str) -> Option<(Member, Arc<KafkaLog>, Runtime, String)> {
     let bootstrap = kafka_bootstrap(test)?;
     let prefix = unique_topic_prefix(test);
     let app = format!("{prefix}-app");
-    let (log, runtime, ownership) = survivor(&bootstrap, &prefix, &app).await;
+    let (log, runtime) = survivor(&bootstrap, &prefix, &app).await;
     let member = Member::start(&bootstrap, &prefix, &app);
     eventually("the member acknowledges its commands", || {
         member.printed("DONE")
@@ -218,13 +209,12 @@ async fn member_and_survivor_split(
         "the survivor kept every partition: {}",
         member.describe()
     );
-    Some((member, log, runtime, ownership, bootstrap))
+    Some((member, log, runtime, bootstrap))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_with_sigkill_is_replaced_and_loses_nothing() {
-    let Some((mut member, log, runtime, ownership, _)) =
-        member_and_survivor_split("member-sigkill").await
+    let Some((mut member, log, runtime, _)) = member_and_survivor_split("member-sigkill").await
     else {
         return;
     };
@@ -258,14 +248,12 @@ async fn a_member_killed_with_sigkill_is_replaced_and_loses_nothing() {
             "acknowledged command {command_id}"
         );
     }
-    ownership.leave().await;
     runtime.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_member_stops_its_lost_partitions_without_writing_snapshots() {
-    let Some((member, log, runtime, ownership, bootstrap)) =
-        member_and_survivor_split("member-sigstop").await
+    let Some((member, log, runtime, bootstrap)) = member_and_survivor_split("member-sigstop").await
     else {
         return;
     };
@@ -367,6 +355,5 @@ async fn a_frozen_member_stops_its_lost_partitions_without_writing_snapshots() {
         }
     }
     drop(member);
-    ownership.leave().await;
     runtime.shutdown().await.unwrap();
 }

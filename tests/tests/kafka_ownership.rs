@@ -21,7 +21,6 @@ const PARTITIONS: u32 = 6;
 
 struct Instance {
     runtime: Runtime,
-    ownership: KafkaOwnership,
     log: Arc<KafkaLog>,
 }
 
@@ -47,19 +46,12 @@ async fn instance_with(
             .expect("open the kafka log"),
     );
     let runtime = Runtime::builder()
-        .backend(log.clone())
-        .app_id(app)
-        .owned_partitions(vec![])
+        .ownership(KafkaOwnership::new(log.clone(), endpoint))
         .command_timeout(command_timeout)
         .start()
         .await
         .expect("start");
-    let ownership = KafkaOwnership::join(&runtime, log.clone(), endpoint).expect("join");
-    Instance {
-        runtime,
-        ownership,
-        log,
-    }
+    Instance { runtime, log }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +110,7 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
     }
 
     // A leaves: its partitions are snapshotted and handed over to B.
-    a.ownership.leave().await;
+    a.runtime.shutdown().await.unwrap();
     eventually("B owns every partition", || {
         b.runtime.owned_partitions().len() == PARTITIONS as usize
     })
@@ -143,9 +135,7 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
 
     assert_exactly_once(&b.log, &acked).await;
 
-    b.ownership.leave().await;
     b.runtime.shutdown().await.unwrap();
-    a.runtime.shutdown().await.unwrap();
     drop(a.log);
 }
 
@@ -263,10 +253,9 @@ async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_an_abor
     })
     .await;
 
-    // B leaves gracefully; then A's runtime aborts (no snapshots, no checkpoint commits, as a
-    // crash would) and its membership is dropped, so the group gives its partitions to C.
+    // B shuts down (leaving the group gracefully); then A's runtime aborts (no snapshots, no
+    // checkpoint commits, as a crash would) and leaves, so the group gives its partitions to C.
     // (A member killed outright is `kafka_member_faults`.)
-    b.ownership.leave().await;
     b.runtime.shutdown().await.unwrap();
     eventually("A and C serve every partition", || {
         a.runtime.owned_partitions().len() + c.runtime.owned_partitions().len()
@@ -275,11 +264,9 @@ async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_an_abor
     .await;
     let Instance {
         runtime: a_runtime,
-        ownership: a_ownership,
         log: a_log,
     } = a;
     a_runtime.abort().await;
-    drop(a_ownership);
     eventually("C serves every partition after A is gone", || {
         c.runtime.owned_partitions().len() == PARTITIONS as usize
     })
@@ -295,7 +282,6 @@ async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_an_abor
     );
     assert_exactly_once(&c.log, &acked).await;
 
-    c.ownership.leave().await;
     c.runtime.shutdown().await.unwrap();
     drop((a_log, b.log));
 }

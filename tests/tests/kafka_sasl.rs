@@ -110,14 +110,11 @@ async fn serve_commands(config: KafkaConfig, app: &str, endpoint: &str) {
             .unwrap_or_else(|e| panic!("{app}: open with the keel user's credentials: {e}")),
     );
     let runtime = Runtime::builder()
-        .backend(log.clone())
-        .app_id(app)
-        .owned_partitions(vec![])
+        .ownership(KafkaOwnership::new(log.clone(), endpoint))
         .command_timeout(Duration::from_secs(20))
         .start()
         .await
         .unwrap();
-    let ownership = KafkaOwnership::join(&runtime, log.clone(), endpoint).unwrap();
     eventually(
         "the authenticated group member is assigned every partition",
         || runtime.owned_partitions().len() == PARTITIONS as usize,
@@ -130,7 +127,6 @@ async fn serve_commands(config: KafkaConfig, app: &str, endpoint: &str) {
     // A repeated command id is answered from the window, not appended again.
     let again = send_to_owner(&[&runtime], "t0", "c0").await;
     assert!(again.deduplicated);
-    ownership.leave().await;
     runtime.shutdown().await.unwrap();
 
     let reader = config.open().await.unwrap();

@@ -322,19 +322,18 @@ async fn a_new_owner_fences_the_old_one() {
 
 struct Instance {
     runtime: Runtime,
-    ownership: KafkaOwnership,
     log: Arc<KafkaLog>,
 }
 
 async fn instance(bootstrap: &str, prefix: &str, app: &str, endpoint: &str) -> Instance {
     let log = Arc::new(config(bootstrap, prefix, app, 4).open().await.unwrap());
-    let runtime = runtime_on(log.clone(), app, vec![]).await;
-    let ownership = KafkaOwnership::join(&runtime, log.clone(), endpoint).expect("join");
-    Instance {
-        runtime,
-        ownership,
-        log,
-    }
+    let runtime = Runtime::builder()
+        .ownership(KafkaOwnership::new(log.clone(), endpoint))
+        .command_timeout(Duration::from_secs(20))
+        .start()
+        .await
+        .expect("start");
+    Instance { runtime, log }
 }
 
 async fn send(instances: &[&Runtime], id: &str, command_id: &str) -> u64 {
@@ -371,7 +370,7 @@ async fn two_transactional_instances_hand_partitions_over() {
         }
     }
 
-    a.ownership.leave().await;
+    a.runtime.shutdown().await.unwrap();
     eventually("B owns every partition", || {
         b.runtime.owned_partitions().len() == 4
     })
@@ -408,9 +407,7 @@ async fn two_transactional_instances_hand_partitions_over() {
         assert_eq!(seqs, &(1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}");
     }
 
-    b.ownership.leave().await;
     b.runtime.shutdown().await.unwrap();
-    a.runtime.shutdown().await.unwrap();
     a.log.close().await.unwrap();
     b.log.close().await.unwrap();
 }

@@ -31,23 +31,10 @@ pub(crate) struct Opened {
 }
 
 /// This process's share of the partitions: all of them on the embedded log; on Kafka, those
-/// the consumer group assigns (until [`Membership::leave`]).
+/// the consumer group assigns (until the runtime shuts down and leaves the group).
 pub(crate) struct Membership {
     /// Whether partitions move between processes (Kafka) or all are always owned here.
     pub(crate) shared: bool,
-    #[cfg(feature = "kafka")]
-    ownership: Option<keel::KafkaOwnership>,
-}
-
-impl Membership {
-    /// Leaves the consumer group (on Kafka): this process's partitions are snapshotted and
-    /// handed to the other members. Call it before shutting the runtime down.
-    pub(crate) async fn leave(self) {
-        #[cfg(feature = "kafka")]
-        if let Some(ownership) = self.ownership {
-            ownership.leave().await;
-        }
-    }
 }
 
 impl Opened {
@@ -63,14 +50,7 @@ impl Opened {
             .start()
             .await
             .with_context(|| format!("starting the runtime on {}", self.log.describe()))?;
-        Ok((
-            runtime,
-            Membership {
-                shared: false,
-                #[cfg(feature = "kafka")]
-                ownership: None,
-            },
-        ))
+        Ok((runtime, Membership { shared: false }))
     }
 }
 
@@ -79,22 +59,19 @@ impl Opened {
 #[cfg(feature = "kafka")]
 async fn start_in_group(log: Arc<keel::KafkaLog>) -> anyhow::Result<(Runtime, Membership)> {
     let describe = log.describe();
-    let runtime = Runtime::builder()
-        .backend(log.clone())
-        .app_id(APP_ID)
-        .owned_partitions(vec![])
-        .start()
-        .await
-        .with_context(|| format!("starting the runtime on {describe}"))?;
     // No other process connects to a demo; the endpoint only tells instances apart in
     // NotOwner errors and the broker's client list.
     let endpoint = format!("inventory-pid-{}", std::process::id());
-    let ownership = keel::KafkaOwnership::join(&runtime, log, endpoint)
-        .with_context(|| format!("joining the consumer group {APP_ID:?} on {describe}"))?;
+    let runtime = Runtime::builder()
+        .ownership(keel::KafkaOwnership::new(log.clone(), endpoint))
+        .start()
+        .await
+        .with_context(|| {
+            format!("starting the runtime on {describe} in the consumer group {APP_ID:?}")
+        })?;
     let deadline = tokio::time::Instant::now() + ASSIGNMENT_WAIT;
     while runtime.owned_partitions().is_empty() {
         if tokio::time::Instant::now() >= deadline {
-            ownership.leave().await;
             let _ = runtime.shutdown().await;
             bail!(
                 "the consumer group {APP_ID:?} on {describe} assigned this process no partition \
@@ -104,13 +81,7 @@ async fn start_in_group(log: Arc<keel::KafkaLog>) -> anyhow::Result<(Runtime, Me
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    Ok((
-        runtime,
-        Membership {
-            shared: true,
-            ownership: Some(ownership),
-        },
-    ))
+    Ok((runtime, Membership { shared: true }))
 }
 
 /// Opens the log of `storage`. Errors name the directory or the brokers.

@@ -174,10 +174,6 @@ pub(crate) async fn simulate(options: SimulateOptions) -> anyhow::Result<()> {
             .then(|| (runtime.owned_partitions(), partition_count)),
     })?;
 
-    // On Kafka, hand this process's partitions back to the group first (snapshots written,
-    // checkpoints committed), so other demo processes take them over at once.
-    membership.leave().await;
-
     // Graceful shutdown before reporting: the persisted view commits its last batch, live
     // aggregates snapshot, and the log flushes and closes.
     views

@@ -43,6 +43,7 @@ pub(super) async fn activate<A: Aggregate>(
             last_offset: None,
             unsnapshotted: 0,
             recent: DedupWindow::new(DedupLimits::of(&shared.config)),
+            recent_events: std::collections::VecDeque::new(),
             scratch: Vec::new(),
             broken: false,
         };

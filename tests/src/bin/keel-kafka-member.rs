@@ -51,15 +51,11 @@ async fn main() {
         .unwrap_or_else(|e| fail(&format!("open: {e}")));
     let log = Arc::new(log);
     let runtime = Runtime::builder()
-        .backend(log.clone())
-        .app_id(app)
-        .owned_partitions(vec![])
+        .ownership(KafkaOwnership::new(log, endpoint.as_str()))
         .idle_timeout(Duration::from_secs(600))
         .start()
         .await
         .unwrap_or_else(|e| fail(&format!("start: {e}")));
-    let _ownership = KafkaOwnership::join(&runtime, log, endpoint.as_str())
-        .unwrap_or_else(|e| fail(&format!("join: {e}")));
     let mut owned = Vec::new();
     while owned.is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
