@@ -481,20 +481,19 @@ fn bench_txn(c: &mut Criterion, bootstrap: &str, results: &Results, facts: &TxnR
         let app = format!("{prefix}.txn");
         let (threads_before, sockets_before) = (threads(), sockets());
         let log = Arc::new(rt.block_on(async {
-            KafkaConfig::new(bootstrap)
+            let mut config = KafkaConfig::new(bootstrap)
                 .app_id(&app)
                 .topic_prefix(&app)
                 .partitions(partitions)
                 .linger(LINGER)
                 .transactional(true)
-                .commit_interval(TXN_COMMIT_INTERVAL)
-                .client_property(
-                    "debug",
-                    std::env::var("KEEL_BENCH_RDKAFKA_DEBUG").unwrap_or_default(),
-                )
-                .open()
-                .await
-                .expect("open the kafka log")
+                .commit_interval(TXN_COMMIT_INTERVAL);
+            // librdkafka's debug contexts (`eos` says what each transaction waits for);
+            // shown with RUST_LOG=librdkafka=debug.
+            if let Ok(debug) = std::env::var("KEEL_BENCH_RDKAFKA_DEBUG") {
+                config = config.client_property("debug", debug);
+            }
+            config.open().await.expect("open the kafka log")
         }));
         rt.block_on(await_leaders(&log));
         let (threads_opened, sockets_opened) = (threads(), sockets());
