@@ -179,6 +179,7 @@ async fn sasl_credentials_reach_every_client_and_never_show() {
     let cluster = Cluster::start(ClusterSpec {
         nodes: 1,
         sasl: true,
+        ..ClusterSpec::default()
     })
     .await;
     let bootstrap = cluster.bootstrap().to_owned();
