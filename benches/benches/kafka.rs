@@ -26,10 +26,14 @@
 //!   the time until the other instance has the partition and serves a command on it.
 //!
 //! Needs a broker: `KEEL_KAFKA_BOOTSTRAP=HOST:PORT` (`eval "$(scripts/broker start)"`);
-//! without it the bench says so and does nothing. `KEEL_BENCH_ONLY=commands|txn|activation|
-//! handoff` runs one group. The tables name the broker count; run the bench once per cluster
-//! (one node, three nodes) to compare. Criterion reports time per command; at
-//! the end a table gives commands/s, the raw producer's messages/s, their ratio, and the
+//! without it the bench says so and does nothing. `KEEL_BENCH_ONLY=commands,txn` (any of
+//! `commands`, `txn`, `activation`, `handoff`) runs only those groups;
+//! `KEEL_BENCH_PARTITIONS` sets the commands group's partition count (default 8) and
+//! `KEEL_BENCH_TXN_PARTITIONS=1,12,128` the txn group's. The tables name the broker count: run
+//! the bench once per cluster (one node, three nodes) to compare. `RUST_LOG` turns logging on
+//! (stderr); `KEEL_BENCH_RDKAFKA_DEBUG` sets librdkafka's `debug` on the transactional log.
+//! Criterion reports time per command; at the end tables give commands/s, the raw producer's
+//! messages/s, their ratio, and the
 //! latency percentiles of both (over every iteration criterion ran, warm-up included).
 
 use std::collections::BTreeMap;
@@ -947,16 +951,22 @@ fn main() {
     let latencies: Latencies = Arc::default();
     let mut criterion = Criterion::default().configure_from_args();
     let only = std::env::var("KEEL_BENCH_ONLY").unwrap_or_default();
-    if only.is_empty() || only == "commands" {
+    let only: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .collect();
+    let run = |group: &str| only.is_empty() || only.contains(&group);
+    if run("commands") {
         bench_kafka(&mut criterion, &bootstrap, &results);
     }
-    if only.is_empty() || only == "txn" {
+    if run("txn") {
         bench_txn(&mut criterion, &bootstrap, &results, &txn);
     }
-    if only.is_empty() || only == "activation" {
+    if run("activation") {
         bench_activation(&mut criterion, &bootstrap, &latencies);
     }
-    let handoff = (only.is_empty() || only == "handoff").then(|| handoff(&bootstrap));
+    let handoff = run("handoff").then(|| handoff(&bootstrap));
     criterion.final_summary();
     print_table(&results, brokers);
     print_txn(&results, &txn, brokers);
