@@ -1,10 +1,19 @@
-//! Commands/s through keel on `KafkaLog`, at 64 and 256 concurrently active aggregates,
+//! Commands/s through keel on `KafkaLog`, at 1, 64 and 256 concurrently active aggregates,
 //! beside the baseline measured in the same run against the same broker:
 //! - `raw_producer`: an rdkafka idempotent producer (`acks=all`, the same linger) sending
 //!   records of the size of keel's event records to a topic with the same partition count,
 //!   from as many tasks as there are aggregates, each awaiting its own delivery — what a
 //!   durable command cannot do faster than.
 //!
+//!
+//! Then the transactional mode (`txn`): at 1, 12 and 128 partitions, keel's commands/s with
+//! `KafkaConfig::transactional(true)` beside keel's idempotent log on topics of the same
+//! partition count (both at 256 aggregates), the commits (transactions) per second overall and
+//! per partition, the records per commit, and what the per-partition producers cost when the
+//! partitions are acquired (as partition ownership does on assign: all at once): the wall
+//! time of acquiring them all, each `init_transactions`' latency, and the threads and sockets
+//! they added to the process. Commits are counted by the commit markers: the events topic's
+//! end offsets moved by the events appended plus one marker per transaction that held events.
 //!
 //! Then activation and handoff on Kafka:
 //! - `activation/tail`: the latency of activating an aggregate with a snapshot plus 99
@@ -17,8 +26,14 @@
 //!   the time until the other instance has the partition and serves a command on it.
 //!
 //! Needs a broker: `KEEL_KAFKA_BOOTSTRAP=HOST:PORT` (`eval "$(scripts/broker start)"`);
-//! without it the bench says so and does nothing. Criterion reports time per command; at
-//! the end a table gives commands/s, the raw producer's messages/s, their ratio, and the
+//! without it the bench says so and does nothing. `KEEL_BENCH_ONLY=commands,txn` (any of
+//! `commands`, `txn`, `activation`, `handoff`) runs only those groups;
+//! `KEEL_BENCH_PARTITIONS` sets the commands group's partition count (default 8) and
+//! `KEEL_BENCH_TXN_PARTITIONS=1,12,128` the txn group's. The tables name the broker count: run
+//! the bench once per cluster (one node, three nodes) to compare. `RUST_LOG` turns logging on
+//! (stderr); `KEEL_BENCH_RDKAFKA_DEBUG` sets librdkafka's `debug` on the transactional log.
+//! Criterion reports time per command; at the end tables give commands/s, the raw producer's
+//! messages/s, their ratio, and the
 //! latency percentiles of both (over every iteration criterion ran, warm-up included).
 
 use std::collections::BTreeMap;
@@ -33,10 +48,19 @@ use keel::{
 };
 use keel_benches::Counter;
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-const CONCURRENCY: [usize; 2] = [64, 256];
+const CONCURRENCY: [usize; 3] = [1, 64, 256];
+/// The partition count of the commands bench (`KEEL_BENCH_PARTITIONS` overrides it) and of the
+/// activation bench.
 const PARTITIONS: u32 = 8;
+
+fn commands_partitions() -> u32 {
+    std::env::var("KEEL_BENCH_PARTITIONS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(PARTITIONS)
+}
 /// The group-commit window of both keel's producer and the raw one.
 const LINGER: Duration = Duration::from_millis(2);
 
@@ -135,11 +159,11 @@ fn unique_prefix() -> String {
     format!("keel-bench.{}-{nanos:x}", std::process::id())
 }
 
-async fn open_log(bootstrap: &str, prefix: &str) -> KafkaLog {
+async fn open_log(bootstrap: &str, prefix: &str, partitions: u32) -> KafkaLog {
     KafkaConfig::new(bootstrap)
         .app_id(prefix)
         .topic_prefix(prefix)
-        .partitions(PARTITIONS)
+        .partitions(partitions)
         .linger(LINGER)
         .open()
         .await
@@ -177,10 +201,23 @@ fn raw_producer(bootstrap: &str) -> FutureProducer {
         .expect("raw producer")
 }
 
+/// How many brokers the cluster at `bootstrap` has.
+fn broker_count(bootstrap: &str) -> usize {
+    raw_producer(bootstrap)
+        .client()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("cluster metadata")
+        .brokers()
+        .len()
+}
+
 fn bench_kafka(c: &mut Criterion, bootstrap: &str, results: &Results) {
     let rt = tokio();
     let prefix = unique_prefix();
-    let keel_log = Arc::new(rt.block_on(open_log(bootstrap, &format!("{prefix}.keel"))));
+    let partitions = commands_partitions();
+    let keel_log =
+        Arc::new(rt.block_on(open_log(bootstrap, &format!("{prefix}.keel"), partitions)));
+    rt.block_on(await_leaders(&keel_log));
     let runtime = rt.block_on(async {
         Runtime::builder()
             .backend(keel_log.clone())
@@ -192,12 +229,13 @@ fn bench_kafka(c: &mut Criterion, bootstrap: &str, results: &Results) {
     });
     let (key_len, value_len) = rt.block_on(record_size(&runtime, &keel_log));
     // The raw producer's topic: created the same way, with the same partition count.
-    let raw_log = rt.block_on(open_log(bootstrap, &format!("{prefix}.raw")));
+    let raw_log = rt.block_on(open_log(bootstrap, &format!("{prefix}.raw"), partitions));
+    rt.block_on(await_leaders(&raw_log));
     let raw_topic: Arc<str> = raw_log.events_topic().into();
     let producer = raw_producer(bootstrap);
     let value: Arc<[u8]> = vec![b'x'; value_len].into();
     eprintln!(
-        "kafka bench on {bootstrap}: {PARTITIONS} partitions, linger {LINGER:?}, \
+        "kafka bench on {bootstrap}: {partitions} partitions, linger {LINGER:?}, \
          records of {key_len} + {value_len} bytes (key + value)"
     );
 
@@ -234,7 +272,7 @@ fn bench_kafka(c: &mut Criterion, bootstrap: &str, results: &Results) {
                     let value = value.clone();
                     let key = format!("Counter/{}", ids[i]);
                     async move {
-                        let partition = keel::partition_for(&key, PARTITIONS);
+                        let partition = keel::partition_for(&key, partitions);
                         let record = FutureRecord::to(&topic)
                             .partition(partition as i32)
                             .key(&key)
@@ -257,10 +295,20 @@ fn bench_kafka(c: &mut Criterion, bootstrap: &str, results: &Results) {
     drop(producer);
 }
 
-fn print_table(results: &Results) {
+fn print_table(results: &Results, brokers: usize) {
     let results = results.lock().expect("results");
+    if !CONCURRENCY
+        .iter()
+        .any(|&n| results.contains_key(&("keel", n)))
+    {
+        return;
+    }
     println!();
-    println!("keel on KafkaLog vs a raw idempotent producer (acks=all, linger {LINGER:?})");
+    println!(
+        "keel on KafkaLog vs a raw idempotent producer (acks=all, linger {LINGER:?}), \
+         {} partitions, {brokers} broker(s)",
+        commands_partitions()
+    );
     println!(
         "{:>11} | {:>10} | {:>13} | {:>5} | {:>17} | {:>17}",
         "aggregates", "commands/s", "raw msgs/s", "ratio", "keel p50/p99 ms", "raw p50/p99 ms"
@@ -280,6 +328,313 @@ fn print_table(results: &Results) {
             keel.percentile_ms(0.99),
             raw.percentile_ms(0.5),
             raw.percentile_ms(0.99),
+        );
+    }
+}
+
+/// Partition counts of the transactional bench, and its concurrently active aggregates.
+/// `KEEL_BENCH_TXN_PARTITIONS=12,128` runs a subset (or other counts).
+const TXN_PARTITIONS: [u32; 3] = [1, 12, 128];
+
+fn txn_partitions() -> Vec<u32> {
+    std::env::var("KEEL_BENCH_TXN_PARTITIONS")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .map(|p| {
+                    p.trim()
+                        .parse()
+                        .expect("KEEL_BENCH_TXN_PARTITIONS: numbers")
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| TXN_PARTITIONS.to_vec())
+}
+const TXN_AGGREGATES: usize = 256;
+/// The transactions' group-commit window (keel's default).
+const TXN_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
+
+/// What the transactional bench found at one partition count (besides the commands).
+struct TxnFacts {
+    /// Wall time of acquiring every partition at once.
+    acquire: Duration,
+    /// Each partition's `acquire_partition` (its producer's creation and
+    /// `init_transactions`), microseconds.
+    init: Histogram<u64>,
+    /// Threads and sockets of the process the acquired producers added.
+    threads: isize,
+    sockets: isize,
+    /// Transactions holding events, and events appended, over the whole bench.
+    commits: u64,
+    events: u64,
+    /// Partitions that got events.
+    partitions_used: usize,
+}
+
+type TxnResults = Arc<Mutex<BTreeMap<u32, TxnFacts>>>;
+
+/// The threads of this process.
+fn threads() -> isize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(-1)
+}
+
+/// The open sockets of this process.
+fn sockets() -> isize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return -1;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count() as isize
+}
+
+/// Waits until every partition of a just-created topic answers ListOffsets: `open` returns
+/// once the partitions are in the metadata, which can be before each has a leader (seen with
+/// 128 partitions on one broker: `NotLeaderForPartition` from the runtime's recovery).
+async fn await_leaders(log: &KafkaLog) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for partition in 0..log.partition_count() {
+        while let Err(e) = log.end_offset(partition).await {
+            assert!(Instant::now() < deadline, "partition {partition}: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn end_offsets(log: &KafkaLog) -> Vec<Offset> {
+    let mut ends = Vec::new();
+    for partition in 0..log.partition_count() {
+        ends.push(log.end_offset(partition).await.expect("end offset"));
+    }
+    ends
+}
+
+/// Benches `runtime`'s commands at `TXN_AGGREGATES` aggregates as `results[(what, partitions)]`.
+fn bench_txn_commands(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    runtime: &Runtime,
+    results: &Results,
+    what: &'static str,
+    partitions: u32,
+) {
+    let handle = runtime.aggregate::<Counter>();
+    let ids: Arc<Vec<String>> = Arc::new((0..TXN_AGGREGATES).map(|i| format!("t{i}")).collect());
+    let key = (what, partitions as usize);
+    group.bench_with_input(BenchmarkId::new(what, partitions), &partitions, |b, _| {
+        b.to_async(rt).iter_custom(|iters| {
+            let handle = handle.clone();
+            let ids = ids.clone();
+            spread(TXN_AGGREGATES, iters, results.clone(), key, move |i| {
+                let handle = handle.clone();
+                let ids = ids.clone();
+                async move {
+                    handle.send(&ids[i], ()).await.expect("command");
+                }
+            })
+        })
+    });
+}
+
+fn bench_txn(c: &mut Criterion, bootstrap: &str, results: &Results, facts: &TxnResults) {
+    let rt = tokio();
+    let mut group = c.benchmark_group("txn");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    for partitions in txn_partitions() {
+        let prefix = unique_prefix();
+        // The baseline: keel on the idempotent log, same partition count.
+        let app = format!("{prefix}.idem");
+        let (log, runtime) = rt.block_on(async {
+            let log = Arc::new(
+                KafkaConfig::new(bootstrap)
+                    .app_id(&app)
+                    .topic_prefix(&app)
+                    .partitions(partitions)
+                    .linger(LINGER)
+                    .open()
+                    .await
+                    .expect("open the kafka log"),
+            );
+            await_leaders(&log).await;
+            let runtime = Runtime::builder()
+                .backend(log.clone())
+                .app_id(&app)
+                .max_live_actors(4096)
+                .start()
+                .await
+                .expect("runtime");
+            (log, runtime)
+        });
+        bench_txn_commands(&mut group, &rt, &runtime, results, "idempotent", partitions);
+        rt.block_on(async {
+            runtime.shutdown().await.expect("shutdown");
+            log.close().await.expect("close");
+        });
+
+        let app = format!("{prefix}.txn");
+        let (threads_before, sockets_before) = (threads(), sockets());
+        let log = Arc::new(rt.block_on(async {
+            let mut config = KafkaConfig::new(bootstrap)
+                .app_id(&app)
+                .topic_prefix(&app)
+                .partitions(partitions)
+                .linger(LINGER)
+                .transactional(true)
+                .commit_interval(TXN_COMMIT_INTERVAL);
+            // librdkafka's debug contexts (`eos` says what each transaction waits for);
+            // shown with RUST_LOG=librdkafka=debug.
+            if let Ok(debug) = std::env::var("KEEL_BENCH_RDKAFKA_DEBUG") {
+                config = config.client_property("debug", debug);
+            }
+            config.open().await.expect("open the kafka log")
+        }));
+        rt.block_on(await_leaders(&log));
+        let (threads_opened, sockets_opened) = (threads(), sockets());
+        // Every partition at once, as partition ownership acquires what it was assigned.
+        let (acquire, init) = rt.block_on(async {
+            let started = Instant::now();
+            let each = (0..partitions).map(|partition| {
+                let log = log.clone();
+                async move {
+                    let started = Instant::now();
+                    log.acquire_partition(partition).await.expect("acquire");
+                    started.elapsed()
+                }
+            });
+            let each = futures::future::join_all(each).await;
+            let mut init = Measured::new().latency;
+            for d in each {
+                init.saturating_record(d.as_micros() as u64);
+            }
+            (started.elapsed(), init)
+        });
+        let (threads_acquired, sockets_acquired) = (threads(), sockets());
+        eprintln!(
+            "txn bench, {partitions} partitions: acquired in {acquire:?}; threads {threads_before} \
+             -> {threads_opened} (opened) -> {threads_acquired} (acquired), sockets \
+             {sockets_before} -> {sockets_opened} -> {sockets_acquired}"
+        );
+        let runtime = rt.block_on(async {
+            Runtime::builder()
+                .backend(log.clone())
+                .app_id(&app)
+                .max_live_actors(4096)
+                .start()
+                .await
+                .expect("runtime")
+        });
+        let before = rt.block_on(end_offsets(&log));
+        let events_before = results
+            .lock()
+            .expect("results")
+            .get(&("transactional", partitions as usize))
+            .map_or(0, |m| m.operations);
+        bench_txn_commands(
+            &mut group,
+            &rt,
+            &runtime,
+            results,
+            "transactional",
+            partitions,
+        );
+        let events = results
+            .lock()
+            .expect("results")
+            .get(&("transactional", partitions as usize))
+            .map_or(0, |m| m.operations)
+            - events_before;
+        let after = rt.block_on(end_offsets(&log));
+        let moved: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+        let partitions_used = after.iter().zip(&before).filter(|(a, b)| a > b).count();
+        facts.lock().expect("facts").insert(
+            partitions,
+            TxnFacts {
+                acquire,
+                init,
+                threads: threads_acquired - threads_opened,
+                sockets: sockets_acquired - sockets_opened,
+                commits: moved.saturating_sub(events),
+                events,
+                partitions_used,
+            },
+        );
+        rt.block_on(async {
+            runtime.shutdown().await.expect("shutdown");
+            log.close().await.expect("close");
+        });
+    }
+    group.finish();
+}
+
+fn print_txn(results: &Results, facts: &TxnResults, brokers: usize) {
+    let results = results.lock().expect("results");
+    let facts = facts.lock().expect("facts");
+    if facts.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "keel in the transactional mode vs keel on the idempotent log, {TXN_AGGREGATES} \
+         aggregates, {brokers} broker(s), linger {LINGER:?}, commit interval \
+         {TXN_COMMIT_INTERVAL:?}"
+    );
+    println!(
+        "{:>10} | {:>9} | {:>9} | {:>5} | {:>15} | {:>9} | {:>13} | {:>7}",
+        "partitions",
+        "txn cmd/s",
+        "idem cmd/s",
+        "ratio",
+        "txn p50/p99 ms",
+        "commits/s",
+        "commits/s/part",
+        "cmd/txn"
+    );
+    for (&partitions, f) in facts.iter() {
+        let (Some(txn), Some(idem)) = (
+            results.get(&("transactional", partitions as usize)),
+            results.get(&("idempotent", partitions as usize)),
+        ) else {
+            continue;
+        };
+        let commits_per_second = f.commits as f64 / txn.elapsed.as_secs_f64();
+        println!(
+            "{partitions:>10} | {:>9.0} | {:>10.0} | {:>4.0}% | {:>6.1} / {:>6.1} | {:>9.0} | {:>14.1} | {:>7.1}",
+            txn.per_second(),
+            idem.per_second(),
+            100.0 * txn.per_second() / idem.per_second(),
+            txn.percentile_ms(0.5),
+            txn.percentile_ms(0.99),
+            commits_per_second,
+            commits_per_second / f.partitions_used.max(1) as f64,
+            f.events as f64 / f.commits.max(1) as f64,
+        );
+    }
+    println!();
+    println!("acquiring every partition at once (one transactional producer each)");
+    println!(
+        "{:>10} | {:>10} | {:>17} | {:>13} | {:>13} | {:>9}",
+        "partitions", "wall ms", "init p50/max ms", "added threads", "added sockets", "used"
+    );
+    for (&partitions, f) in facts.iter() {
+        println!(
+            "{partitions:>10} | {:>10.0} | {:>7.0} / {:>7.0} | {:>13} | {:>13} | {:>9}",
+            f.acquire.as_secs_f64() * 1000.0,
+            f.init.value_at_quantile(0.5) as f64 / 1000.0,
+            f.init.max() as f64 / 1000.0,
+            f.threads,
+            f.sockets,
+            f.partitions_used,
         );
     }
 }
@@ -332,7 +687,7 @@ fn bench_activation(c: &mut Criterion, bootstrap: &str, latencies: &Latencies) {
     );
     // The history: every aggregate 199 events, all aggregates at once so they interleave.
     let tails: Arc<Vec<(u32, Vec<Offset>)>> = rt.block_on(async {
-        let log = Arc::new(open_log(bootstrap, &app).await);
+        let log = Arc::new(open_log(bootstrap, &app, PARTITIONS).await);
         let runtime = Runtime::builder()
             .backend(log.clone())
             .app_id(&app)
@@ -378,7 +733,7 @@ fn bench_activation(c: &mut Criterion, bootstrap: &str, latencies: &Latencies) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(5));
     for (what, tail) in [("tail", true), ("no_tail", false)] {
-        let log = Arc::new(rt.block_on(open_log(bootstrap, &app)));
+        let log = Arc::new(rt.block_on(open_log(bootstrap, &app, PARTITIONS)));
         let runtime = rt.block_on(activation_runtime(log.clone(), &app, tail));
         let counters = runtime.aggregate::<Counter>();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -409,7 +764,7 @@ fn bench_activation(c: &mut Criterion, bootstrap: &str, latencies: &Latencies) {
     }
     // The old way: the snapshot, then one read per event (each of another aggregate's
     // neighbours, so no two are adjacent).
-    let log = Arc::new(rt.block_on(open_log(bootstrap, &app)));
+    let log = Arc::new(rt.block_on(open_log(bootstrap, &app, PARTITIONS)));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     group.bench_function("per_event_reads", |b| {
         b.to_async(&rt).iter_custom(|iters| {
@@ -537,6 +892,9 @@ fn handoff(bootstrap: &str) -> (Duration, Duration) {
 
 fn print_activation(latencies: &Latencies, handoff: Option<(Duration, Duration)>) {
     let latencies = latencies.lock().expect("latencies");
+    if latencies.is_empty() && handoff.is_none() {
+        return;
+    }
     println!();
     println!("activation of an aggregate with a snapshot plus {TAIL_EVENTS} events, on KafkaLog");
     println!(
@@ -574,18 +932,36 @@ fn main() {
             return;
         }
     };
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let brokers = broker_count(&bootstrap);
     let results: Results = Arc::default();
+    let txn: TxnResults = Arc::default();
     let latencies: Latencies = Arc::default();
     let mut criterion = Criterion::default().configure_from_args();
     let only = std::env::var("KEEL_BENCH_ONLY").unwrap_or_default();
-    if only.is_empty() || only == "commands" {
+    let only: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .collect();
+    let run = |group: &str| only.is_empty() || only.contains(&group);
+    if run("commands") {
         bench_kafka(&mut criterion, &bootstrap, &results);
     }
-    if only.is_empty() || only == "activation" {
+    if run("txn") {
+        bench_txn(&mut criterion, &bootstrap, &results, &txn);
+    }
+    if run("activation") {
         bench_activation(&mut criterion, &bootstrap, &latencies);
     }
-    let handoff = (only.is_empty() || only == "handoff").then(|| handoff(&bootstrap));
+    let handoff = run("handoff").then(|| handoff(&bootstrap));
     criterion.final_summary();
-    print_table(&results);
+    print_table(&results, brokers);
+    print_txn(&results, &txn, brokers);
     print_activation(&latencies, handoff);
 }
