@@ -40,11 +40,13 @@ mod ownership;
 mod partition;
 mod runtime;
 mod shard;
+mod shared;
 mod testkit;
+mod upcast;
 
 pub use aggregate::Aggregate;
 pub use config::{MAX_ID_BYTES_LIMIT, RuntimeConfig, SnapshotPolicy};
-pub use envelope::{EventEnvelope, SnapshotEnvelope, UpcastFn, Upcasters};
+pub use envelope::{EventEnvelope, SnapshotEnvelope};
 pub use error::{CommandError, DecodeError, Error, StorageError};
 pub use handle::{AggregateHandle, SendOptions};
 pub use instance::Committed;
@@ -60,3 +62,4 @@ pub use log::{
 pub use ownership::KafkaOwnership;
 pub use runtime::{MAX_TYPE_NAME_BYTES, Runtime, RuntimeBuilder};
 pub use testkit::TestFramework;
+pub use upcast::{UpcastFn, Upcasters};

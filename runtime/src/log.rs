@@ -204,6 +204,16 @@ fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
+/// Where a record sits, for error messages.
+pub(crate) fn at(key: &str, position: Position) -> String {
+    format!(
+        "aggregate {}, partition {}, offset {}",
+        crate::error::short(key),
+        position.partition,
+        position.offset
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
