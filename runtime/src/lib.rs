@@ -33,7 +33,7 @@ mod envelope;
 mod error;
 mod handle;
 mod instance;
-mod log;
+pub mod log;
 pub mod metrics;
 #[cfg(feature = "kafka")]
 mod ownership;
@@ -50,10 +50,10 @@ pub use envelope::{EventEnvelope, SnapshotEnvelope};
 pub use error::{CommandError, DecodeError, Error, StorageError};
 pub use handle::{AggregateHandle, SendOptions};
 pub use instance::Committed;
+pub use log::MemoryLog;
 pub use log::embedded::{EmbeddedLog, EmbeddedLogBuilder};
 #[cfg(feature = "kafka")]
 pub use log::kafka::{KafkaConfig, KafkaLog};
-pub use log::memory::MemoryLog;
 pub use log::{
     CheckpointStore, EventLog, LogBackend, LogRecord, Offset, Position, SnapshotStore,
     StoredRecord, aggregate_key, partition_for,

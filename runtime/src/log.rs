@@ -26,7 +26,11 @@ use crate::error::StorageError;
 pub(crate) mod embedded;
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
-pub(crate) mod memory;
+mod memory;
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use memory::MemoryLog;
 
 /// An offset within one partition.
 pub type Offset = u64;
