@@ -12,7 +12,7 @@
 //! - `append` is all-or-nothing per call, assigns consecutive offsets in call order, and its
 //!   future resolves only once the records are durable *as the backend defines it*
 //!   (fsync for [`EmbeddedLog`](crate::EmbeddedLog), broker ack for Kafka, nothing for
-//!   [`MemoryLog`](crate::MemoryLog)).
+//!   [`MemoryLog`]).
 //! - `read` returns records in offset order, never a record that was not acknowledged.
 //! - `end_offset` is the offset the next append will get (Kafka's high watermark).
 
