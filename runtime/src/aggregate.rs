@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::envelope::Upcasters;
+use crate::upcast::Upcasters;
 
 /// An event-sourced aggregate: its state, the commands it accepts and the events it emits.
 ///

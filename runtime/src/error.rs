@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use crate::log::Position;
-
 /// A failure of a log backend (the events log, the snapshot store or the checkpoint store).
 ///
 /// Cheap to clone: one failed group commit answers every command in the batch with it.
@@ -180,16 +178,6 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
-}
-
-/// Where a record sits, for error messages.
-pub(crate) fn at(key: &str, position: Position) -> String {
-    format!(
-        "aggregate {}, partition {}, offset {}",
-        short(key),
-        position.partition,
-        position.offset
-    )
 }
 
 /// How many characters of an id or key error messages and log lines show.

@@ -10,13 +10,14 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::aggregate::Aggregate;
-use crate::envelope::Upcasters;
 use crate::error::{CommandError, short};
 use crate::instance::{AggregateActor, AggregateArgs, AggregateMsg, Committed, QueryFn, Reply};
 use crate::log::{aggregate_key, partition_for};
 use crate::metrics::{self as m, CommandMetrics};
-use crate::runtime::{InFlightPermit, Shared};
-use crate::shard::{ActivateError, AggregateType, LiveEntry, ShardMsg, Spawner};
+use crate::shared::{
+    ActivateError, AggregateType, InFlightPermit, LiveEntry, ShardMsg, Shared, Spawner,
+};
+use crate::upcast::Upcasters;
 
 /// Options of one command.
 #[derive(Debug, Clone, Default)]

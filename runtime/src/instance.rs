@@ -17,12 +17,13 @@ mod activation;
 
 use crate::aggregate::Aggregate;
 use crate::dedup::{DedupWindow, Remembered, now_ms};
-use crate::envelope::{EventEnvelope, EventEnvelopeRef, SnapshotEnvelope, Upcasters, encode_event};
-use crate::error::{CommandError, DecodeError, StorageError, at, short};
-use crate::log::{LogRecord, Offset, Position};
+use crate::envelope::{EventEnvelope, EventEnvelopeRef, SnapshotEnvelope, encode_event};
+use crate::error::{CommandError, DecodeError, StorageError, short};
+use crate::log::{LogRecord, Offset, Position, at};
 use crate::metrics::{self as m, CommandMetrics, Outcome};
 use crate::partition::PartitionState;
-use crate::runtime::{InFlightPermit, Shared};
+use crate::shared::{InFlightPermit, Shared};
+use crate::upcast::Upcasters;
 
 /// The outcome of a committed command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,20 +6,43 @@
 //! | file | concept |
 //! |---|---|
 //! | `aggregate.rs` | [`Aggregate`]: the domain seam — `handle` decides, `apply` evolves |
-//! | `envelope.rs` | [`EventEnvelope`], [`SnapshotEnvelope`], [`Upcasters`]: stored formats |
-//! | `log.rs` | the log model and storage seams: [`EventLog`], [`SnapshotStore`], [`CheckpointStore`] |
-//! | `log/memory.rs` | [`MemoryLog`]: for tests |
-//! | `log/embedded.rs` | [`EmbeddedLog`]: the durable default, group-committed |
-//! | `log/kafka.rs` (+ `log/kafka/`) | `KafkaLog`, `KafkaConfig` (feature `kafka`): topics, idempotent and transactional producers, readers |
-//! | `ownership.rs` | `KafkaOwnership` (feature `kafka`): partition ownership through the consumer group |
+//! | `upcast.rs` | [`Upcasters`]: lifting old event versions to the current one |
+//! | `envelope.rs` | [`EventEnvelope`], [`SnapshotEnvelope`]: the stored formats |
+//! | `testkit.rs` | [`TestFramework`]: given/when/then for aggregates, no runtime |
 //! | `runtime.rs` | [`Runtime`], [`RuntimeBuilder`]: start, ownership, shutdown |
 //! | `config.rs` | [`RuntimeConfig`], [`SnapshotPolicy`]: limits and timers with their defaults |
 //! | `handle.rs` | [`AggregateHandle`]: the typed command API |
+//! | `ownership.rs` | `KafkaOwnership` (feature `kafka`): partition ownership through the consumer group |
+//! | `shared.rs` | the state the runtime core shares: live actors, shards and their messages, admission, passivation |
 //! | `shard.rs` | the shard actor per partition: get-or-spawn, passivation, recovery |
-//! | `partition.rs` (+ `partition/uncovered.rs`) | the recovery index, tail and checkpoint of one partition |
-//! | `instance.rs` (+ `instance/activation.rs`) | the aggregate actor: activation, one command at a time, snapshots |
+//! | `instance.rs` | the aggregate actor: one command at a time, snapshots |
+//! | `instance/activation.rs` | activation: the snapshot, then the events after it |
+//! | `partition.rs` | the recovery index, tail and checkpoint of one partition |
+//! | `partition/uncovered.rs` | the per-key offsets no snapshot covers yet |
 //! | `dedup.rs` | the command ids an aggregate remembers, by count and by age |
-//! | `testkit.rs` | [`TestFramework`]: given/when/then for aggregates, no runtime |
+//! | `log.rs` | the log model and storage seams: [`EventLog`], [`SnapshotStore`], [`CheckpointStore`] |
+//! | `log/testing.rs` | `Intercept` (feature `test-support`): test backends made of another one |
+//! | `log/memory.rs` | [`MemoryLog`]: for tests |
+//! | `log/embedded.rs` | [`EmbeddedLog`]: the durable default, group-committed |
+//! | `log/embedded/builder.rs` | [`EmbeddedLogBuilder`]: options, and opening a directory |
+//! | `log/embedded/writer.rs` | the writer thread: group commits and their answers |
+//! | `log/embedded/store.rs` | the fjall keyspaces: partition count, stored ends, reads |
+//! | `log/embedded/segment.rs` | segments: many records in one store value |
+//! | `log/embedded/keys.rs` | the store's key codecs |
+//! | `log/embedded/acked_ends.rs` | the `acked-ends` file: acknowledged ends across restarts |
+//! | `log/embedded/lock.rs` | the lock file against a second opener |
+//! | `log/embedded/manifest.rs` | checking fjall's manifests before fjall reads them |
+//! | `log/kafka.rs` | `KafkaLog` (feature `kafka`): the facade, events reads and appends |
+//! | `log/kafka/config.rs` | `KafkaConfig`: options with their defaults |
+//! | `log/kafka/producer.rs` | the append path: idempotent and transactional producers |
+//! | `log/kafka/transactions.rs` | one transactional producer per owned partition, group-committed |
+//! | `log/kafka/reader.rs` | reading a partition: pooled assigned consumers, high watermarks |
+//! | `log/kafka/snapshots.rs` | the snapshot cache over the compacted snapshots topic |
+//! | `log/kafka/checkpoints.rs` | checkpoints as consumer-group offsets |
+//! | `log/kafka/clients.rs` | the librdkafka properties of every client |
+//! | `log/kafka/topics.rs` | creating and checking topics, the settings keel relies on |
+//! | `log/kafka/diagnose.rs` | explaining a failure to reach the brokers |
+//! | `log/kafka/redact.rs` | secrets kept out of errors and logs |
 //! | `metrics.rs` | metric names |
 //! | `error.rs` | [`CommandError`], [`StorageError`], [`DecodeError`], [`Error`] |
 //!
@@ -33,25 +56,27 @@ mod envelope;
 mod error;
 mod handle;
 mod instance;
-mod log;
+pub mod log;
 pub mod metrics;
 #[cfg(feature = "kafka")]
 mod ownership;
 mod partition;
 mod runtime;
 mod shard;
+mod shared;
 mod testkit;
+mod upcast;
 
 pub use aggregate::Aggregate;
 pub use config::{MAX_ID_BYTES_LIMIT, RuntimeConfig, SnapshotPolicy};
-pub use envelope::{EventEnvelope, SnapshotEnvelope, UpcastFn, Upcasters};
+pub use envelope::{EventEnvelope, SnapshotEnvelope};
 pub use error::{CommandError, DecodeError, Error, StorageError};
 pub use handle::{AggregateHandle, SendOptions};
 pub use instance::Committed;
+pub use log::MemoryLog;
 pub use log::embedded::{EmbeddedLog, EmbeddedLogBuilder};
 #[cfg(feature = "kafka")]
 pub use log::kafka::{KafkaConfig, KafkaLog};
-pub use log::memory::MemoryLog;
 pub use log::{
     CheckpointStore, EventLog, LogBackend, LogRecord, Offset, Position, SnapshotStore,
     StoredRecord, aggregate_key, partition_for,
@@ -60,3 +85,4 @@ pub use log::{
 pub use ownership::KafkaOwnership;
 pub use runtime::{MAX_TYPE_NAME_BYTES, Runtime, RuntimeBuilder};
 pub use testkit::TestFramework;
+pub use upcast::{UpcastFn, Upcasters};

@@ -12,7 +12,7 @@
 //! - `append` is all-or-nothing per call, assigns consecutive offsets in call order, and its
 //!   future resolves only once the records are durable *as the backend defines it*
 //!   (fsync for [`EmbeddedLog`](crate::EmbeddedLog), broker ack for Kafka, nothing for
-//!   [`MemoryLog`](crate::MemoryLog)).
+//!   [`MemoryLog`]).
 //! - `read` returns records in offset order, never a record that was not acknowledged.
 //! - `end_offset` is the offset the next append will get (Kafka's high watermark).
 
@@ -26,7 +26,11 @@ use crate::error::StorageError;
 pub(crate) mod embedded;
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
-pub(crate) mod memory;
+mod memory;
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use memory::MemoryLog;
 
 /// An offset within one partition.
 pub type Offset = u64;
@@ -202,6 +206,16 @@ fn murmur2(data: &[u8]) -> u32 {
     h = h.wrapping_mul(M);
     h ^= h >> 15;
     h
+}
+
+/// Where a record sits, for error messages.
+pub(crate) fn at(key: &str, position: Position) -> String {
+    format!(
+        "aggregate {}, partition {}, offset {}",
+        crate::error::short(key),
+        position.partition,
+        position.offset
+    )
 }
 
 #[cfg(test)]

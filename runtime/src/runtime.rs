@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ractor::{Actor, ActorId, ActorRef};
+use ractor::{Actor, ActorRef};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::info;
 
@@ -16,9 +16,9 @@ use crate::config::{RuntimeConfig, SnapshotPolicy};
 use crate::error::Error;
 use crate::handle::AggregateHandle;
 use crate::log::LogBackend;
-use crate::metrics as m;
 use crate::partition::TailBudget;
-use crate::shard::{AggregateType, LiveEntry, Shard, ShardArgs, ShardMsg};
+use crate::shard::{Shard, ShardArgs};
+use crate::shared::{ShardMsg, Shared};
 
 /// The longest [`Aggregate::TYPE`] name accepted, in bytes.
 pub const MAX_TYPE_NAME_BYTES: usize = 255;
@@ -40,129 +40,6 @@ pub const MAX_TYPE_NAME_BYTES: usize = 255;
 #[derive(Clone)]
 pub struct Runtime {
     shared: Arc<Shared>,
-}
-
-/// State shared by the runtime, its shards, its actors and its handles.
-pub(crate) struct Shared {
-    pub(crate) backend: Arc<dyn LogBackend>,
-    /// This instance's consumer-group membership, when ownership is configured; taken (and
-    /// left) by shutdown.
-    #[cfg(feature = "kafka")]
-    pub(crate) membership: std::sync::Mutex<Option<crate::ownership::Membership>>,
-    pub(crate) config: RuntimeConfig,
-    pub(crate) partitions: u32,
-    /// Live aggregate actors by key: the command path's lock-free lookup.
-    pub(crate) registry: DashMap<String, Arc<LiveEntry>>,
-    /// The shard of every partition this instance owns.
-    pub(crate) shards: DashMap<u32, ActorRef<ShardMsg>>,
-    /// Shards taken out of `shards` (revoked, lost, aborted) that have not stopped yet.
-    retiring: DashMap<u32, ActorRef<ShardMsg>>,
-    /// Makes moving a shard between `shards` and `retiring`, and an assignment's look at
-    /// both, one step. A std `Mutex`: never held across an `.await`.
-    handover: std::sync::Mutex<()>,
-    /// Serializes assignments (a tokio `Mutex`: held across the recovery of the partitions).
-    assigning: tokio::sync::Mutex<()>,
-    /// Commands and queries admitted and not yet answered, capped by `max_in_flight`.
-    pub(crate) in_flight: Arc<AtomicUsize>,
-    pub(crate) activations: Semaphore,
-    pub(crate) live: AtomicUsize,
-    pub(crate) shutting_down: AtomicBool,
-    started: tokio::time::Instant,
-    types: DashMap<&'static str, TypeId>,
-    /// How to spawn each aggregate type the application has asked a handle for.
-    pub(crate) aggregate_types: DashMap<&'static str, Arc<AggregateType>>,
-    /// Tells callers where a partition this instance does not own lives.
-    pub(crate) owner_of: DashMap<u32, String>,
-    /// The byte budget every partition tail shares.
-    pub(crate) tail_budget: Arc<TailBudget>,
-}
-
-/// A command or query admitted under `max_in_flight`; dropping it (once the request has been
-/// answered, or dropped unanswered) frees its place.
-///
-/// An atomic count rather than a semaphore: admission never waits (a full runtime answers
-/// `Overloaded`), and a semaphore's release takes a lock on every command.
-pub(crate) struct InFlightPermit(Arc<AtomicUsize>);
-
-impl Drop for InFlightPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Shared {
-    /// Milliseconds since the runtime started (tokio time, so paused-time tests control it).
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.ms_at(tokio::time::Instant::now())
-    }
-
-    /// Milliseconds from the runtime's start to `instant`.
-    pub(crate) fn ms_at(&self, instant: tokio::time::Instant) -> u64 {
-        instant.saturating_duration_since(self.started).as_millis() as u64
-    }
-
-    /// Admits one more request in flight, or `None` when `max_in_flight` are.
-    pub(crate) fn admit(&self) -> Option<InFlightPermit> {
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.config.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(InFlightPermit(self.in_flight.clone()))
-    }
-
-    /// Removes `key` from the registry if it still points at actor `id`.
-    pub(crate) fn unregister(&self, key: &str, id: ActorId) {
-        self.registry
-            .remove_if(key, |_, entry| entry.cell.get_id() == id);
-    }
-
-    /// Starts passivating one actor: out of the registry, then drained. Returns false when it
-    /// was already on its way out.
-    pub(crate) fn passivate(&self, key: &str, entry: &Arc<LiveEntry>) -> bool {
-        let removed = self
-            .registry
-            .remove_if(key, |_, e| Arc::ptr_eq(e, entry))
-            .is_some();
-        if removed {
-            let _ = entry.cell.drain();
-        }
-        removed
-    }
-
-    /// Passivates the least recently used actors until `live` is back under the cap (plus a
-    /// little headroom, so a full runtime does not scan the registry on every activation).
-    pub(crate) fn evict_least_recently_used(&self, live: usize) {
-        let cap = self.config.max_live_actors;
-        let draining = live.saturating_sub(self.registry.len());
-        let target = cap.saturating_sub(cap / 16);
-        let excess = live.saturating_sub(draining).saturating_sub(target);
-        if excess == 0 {
-            return;
-        }
-        let mut candidates: Vec<(u64, String, Arc<LiveEntry>)> = self
-            .registry
-            .iter()
-            // Only idle actors: passivating one with queued commands would just bounce them.
-            .filter(|e| e.value().queued.load(Ordering::Relaxed) == 0)
-            .map(|e| {
-                (
-                    e.value().last_used.load(Ordering::Relaxed),
-                    e.key().clone(),
-                    e.value().clone(),
-                )
-            })
-            .collect();
-        let excess = excess.min(candidates.len());
-        if excess == 0 {
-            return;
-        }
-        candidates.select_nth_unstable_by_key(excess - 1, |c| c.0);
-        for (_, key, entry) in candidates.into_iter().take(excess) {
-            if self.passivate(&key, &entry) {
-                metrics::counter!(m::PASSIVATIONS, "reason" => "capacity").increment(1);
-            }
-        }
-    }
 }
 
 impl Runtime {

@@ -18,8 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use futures::future::BoxFuture;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -28,35 +27,7 @@ use crate::error::{Error, StorageError, short};
 use crate::log::{LogBackend, Offset};
 use crate::metrics as m;
 use crate::partition::PartitionState;
-use crate::runtime::Shared;
-
-/// A live aggregate actor as the command path sees it.
-pub(crate) struct LiveEntry {
-    pub(crate) cell: ActorCell,
-    /// Milliseconds since the runtime started, at the last command sent to it.
-    pub(crate) last_used: AtomicU64,
-    /// Commands sent but not yet picked up (the bounded mailbox).
-    pub(crate) queued: Arc<AtomicUsize>,
-}
-
-/// Spawns one typed aggregate actor, linked to the shard. Built by the typed handle, run by
-/// the shard.
-pub(crate) type Spawner = Box<
-    dyn FnOnce(
-            ActorCell,
-            Arc<PartitionState>,
-            Arc<AtomicUsize>,
-        ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>
-        + Send,
->;
-
-/// What a shard needs to activate aggregates of one type on its own (to settle keys that
-/// hold its checkpoint back): registered when the application asks for the type's handle.
-pub(crate) struct AggregateType {
-    pub(crate) spawner: Box<dyn Fn(Arc<Shared>, String, String) -> Spawner + Send + Sync>,
-    /// Sends the typed `Compact` message; false if the actor is no longer accepting.
-    pub(crate) compact: Box<dyn Fn(&ActorCell) -> bool + Send + Sync>,
-}
+use crate::shared::{ActivateError, ActivateReply, LiveEntry, ShardMsg, Shared, Spawner};
 
 /// How many pinning aggregates a shard settles at once; each one settled starts the next.
 const SETTLE_CONCURRENCY: usize = 8;
@@ -67,31 +38,6 @@ const SETTLE_VISITS: usize = 256;
 
 /// How long an aggregate that failed to settle is passed over before it is tried again.
 const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
-
-pub(crate) type ActivateReply = oneshot::Sender<Result<Arc<LiveEntry>, ActivateError>>;
-
-#[derive(Debug)]
-pub(crate) enum ActivateError {
-    ShuttingDown,
-    Spawn(String),
-}
-
-pub(crate) enum ShardMsg {
-    Activate {
-        key: String,
-        spawner: Spawner,
-        reply: ActivateReply,
-    },
-    Maintain,
-    /// Passivate every actor, commit the checkpoint and stop (shutdown or revocation).
-    Stop {
-        reply: oneshot::Sender<()>,
-    },
-    /// Kill every actor at once, draining ones included: no snapshots, no checkpoint.
-    Abort {
-        reply: oneshot::Sender<()>,
-    },
-}
 
 pub(crate) struct Shard;
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd};
 use futures::future::BoxFuture;
+use keel::log::testing::Intercept;
 use keel::{
-    CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, Runtime, SnapshotPolicy,
-    SnapshotStore, StorageError, StoredRecord,
+    EventLog, LogBackend, MemoryLog, Offset, Runtime, SnapshotPolicy, StorageError, StoredRecord,
 };
 
 /// A [`MemoryLog`] that counts the reads of its events.
@@ -36,16 +36,9 @@ impl CountingLog {
     }
 }
 
-impl EventLog for CountingLog {
-    fn partition_count(&self) -> u32 {
-        self.inner.partition_count()
-    }
-    fn append(
-        &self,
-        partition: u32,
-        records: Vec<LogRecord>,
-    ) -> BoxFuture<'_, Result<Offset, StorageError>> {
-        self.inner.append(partition, records)
+impl Intercept for CountingLog {
+    fn inner(&self) -> &dyn LogBackend {
+        &self.inner
     }
     fn read(
         &self,
@@ -57,48 +50,6 @@ impl EventLog for CountingLog {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.read(partition, from, max, wait)
     }
-    fn end_offset(&self, partition: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
-        self.inner.end_offset(partition)
-    }
-}
-
-impl SnapshotStore for CountingLog {
-    fn save_snapshot(
-        &self,
-        partition: u32,
-        key: String,
-        value: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.save_snapshot(partition, key, value)
-    }
-    fn load_snapshot(
-        &self,
-        partition: u32,
-        key: String,
-    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
-        self.inner.load_snapshot(partition, key)
-    }
-}
-
-impl CheckpointStore for CountingLog {
-    fn load_checkpoint(
-        &self,
-        group: String,
-        partition: u32,
-    ) -> BoxFuture<'_, Result<Option<Offset>, StorageError>> {
-        self.inner.load_checkpoint(group, partition)
-    }
-    fn commit_checkpoint(
-        &self,
-        group: String,
-        partition: u32,
-        offset: Offset,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.commit_checkpoint(group, partition, offset)
-    }
-}
-
-impl LogBackend for CountingLog {
     fn describe(&self) -> String {
         "counting memory".into()
     }

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd};
 use futures::future::BoxFuture;
+use keel::log::testing::Intercept;
 use keel::{
     CheckpointStore, CommandError, EmbeddedLog, Error, EventLog, LogBackend, LogRecord, MemoryLog,
-    Offset, Runtime, SendOptions, SnapshotPolicy, SnapshotStore, StorageError, StoredRecord,
-    aggregate_key,
+    Offset, Runtime, SendOptions, SnapshotPolicy, SnapshotStore, StorageError, aggregate_key,
 };
 
 async fn start(log: Arc<MemoryLog>) -> Runtime {
@@ -120,46 +120,10 @@ impl FailingRecovery {
     }
 }
 
-impl EventLog for FailingRecovery {
-    fn partition_count(&self) -> u32 {
-        self.inner.partition_count()
+impl Intercept for FailingRecovery {
+    fn inner(&self) -> &dyn LogBackend {
+        &*self.inner
     }
-    fn append(&self, p: u32, r: Vec<LogRecord>) -> BoxFuture<'_, Result<Offset, StorageError>> {
-        self.inner.append(p, r)
-    }
-    fn read(
-        &self,
-        p: u32,
-        from: Offset,
-        max: usize,
-        wait: Duration,
-    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
-        self.inner.read(p, from, max, wait)
-    }
-    fn end_offset(&self, p: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
-        self.inner.end_offset(p)
-    }
-}
-
-impl SnapshotStore for FailingRecovery {
-    fn save_snapshot(
-        &self,
-        p: u32,
-        key: String,
-        value: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.save_snapshot(p, key, value)
-    }
-    fn load_snapshot(
-        &self,
-        p: u32,
-        key: String,
-    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
-        self.inner.load_snapshot(p, key)
-    }
-}
-
-impl CheckpointStore for FailingRecovery {
     fn load_checkpoint(
         &self,
         group: String,
@@ -172,17 +136,6 @@ impl CheckpointStore for FailingRecovery {
         }
         self.inner.load_checkpoint(group, p)
     }
-    fn commit_checkpoint(
-        &self,
-        group: String,
-        p: u32,
-        offset: Offset,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.commit_checkpoint(group, p, offset)
-    }
-}
-
-impl LogBackend for FailingRecovery {
     fn describe(&self) -> String {
         "failing recovery".into()
     }

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd};
 use futures::future::BoxFuture;
+use keel::log::testing::Intercept;
 use keel::{
     CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, Runtime, SnapshotStore,
-    StorageError, StoredRecord,
+    StorageError,
 };
 use tokio::sync::Semaphore;
 
@@ -25,9 +26,9 @@ struct SlowAckLog {
     freeze: Arc<AtomicBool>,
 }
 
-impl EventLog for SlowAckLog {
-    fn partition_count(&self) -> u32 {
-        self.inner.partition_count()
+impl Intercept for SlowAckLog {
+    fn inner(&self) -> &dyn LogBackend {
+        &*self.inner
     }
     fn append(
         &self,
@@ -43,44 +44,6 @@ impl EventLog for SlowAckLog {
             r
         })
     }
-    fn read(
-        &self,
-        p: u32,
-        from: Offset,
-        max: usize,
-        wait: Duration,
-    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
-        self.inner.read(p, from, max, wait)
-    }
-    fn end_offset(&self, p: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
-        self.inner.end_offset(p)
-    }
-}
-impl SnapshotStore for SlowAckLog {
-    fn save_snapshot(
-        &self,
-        p: u32,
-        k: String,
-        v: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.save_snapshot(p, k, v)
-    }
-    fn load_snapshot(
-        &self,
-        p: u32,
-        k: String,
-    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
-        self.inner.load_snapshot(p, k)
-    }
-}
-impl CheckpointStore for SlowAckLog {
-    fn load_checkpoint(
-        &self,
-        g: String,
-        p: u32,
-    ) -> BoxFuture<'_, Result<Option<Offset>, StorageError>> {
-        self.inner.load_checkpoint(g, p)
-    }
     fn commit_checkpoint(
         &self,
         g: String,
@@ -92,8 +55,6 @@ impl CheckpointStore for SlowAckLog {
         }
         self.inner.commit_checkpoint(g, p, o)
     }
-}
-impl LogBackend for SlowAckLog {
     fn describe(&self) -> String {
         "slow-ack".into()
     }

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use keel::log::testing::Intercept;
 use keel::{
-    CheckpointStore, EventLog, KafkaConfig, KafkaLog, LogBackend, LogRecord, Offset, Runtime,
-    SnapshotPolicy, SnapshotStore, StorageError, StoredRecord,
+    EventLog, KafkaConfig, KafkaLog, LogBackend, Offset, Runtime, SnapshotPolicy, StorageError,
+    StoredRecord,
 };
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
@@ -25,16 +26,9 @@ struct Counting {
     reads: AtomicU64,
 }
 
-impl EventLog for Counting {
-    fn partition_count(&self) -> u32 {
-        self.inner.partition_count()
-    }
-    fn append(
-        &self,
-        partition: u32,
-        records: Vec<LogRecord>,
-    ) -> BoxFuture<'_, Result<Offset, StorageError>> {
-        self.inner.append(partition, records)
+impl Intercept for Counting {
+    fn inner(&self) -> &dyn LogBackend {
+        &*self.inner
     }
     fn read(
         &self,
@@ -46,48 +40,6 @@ impl EventLog for Counting {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.read(partition, from, max, wait)
     }
-    fn end_offset(&self, partition: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
-        self.inner.end_offset(partition)
-    }
-}
-
-impl SnapshotStore for Counting {
-    fn save_snapshot(
-        &self,
-        partition: u32,
-        key: String,
-        value: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.save_snapshot(partition, key, value)
-    }
-    fn load_snapshot(
-        &self,
-        partition: u32,
-        key: String,
-    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
-        self.inner.load_snapshot(partition, key)
-    }
-}
-
-impl CheckpointStore for Counting {
-    fn load_checkpoint(
-        &self,
-        group: String,
-        partition: u32,
-    ) -> BoxFuture<'_, Result<Option<Offset>, StorageError>> {
-        self.inner.load_checkpoint(group, partition)
-    }
-    fn commit_checkpoint(
-        &self,
-        group: String,
-        partition: u32,
-        offset: Offset,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.commit_checkpoint(group, partition, offset)
-    }
-}
-
-impl LogBackend for Counting {
     fn describe(&self) -> String {
         self.inner.describe()
     }

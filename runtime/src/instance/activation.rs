@@ -12,8 +12,8 @@ use super::{
 use crate::aggregate::Aggregate;
 use crate::dedup::{DedupLimits, DedupWindow};
 use crate::envelope::{EventEnvelope, SnapshotEnvelope};
-use crate::error::{DecodeError, StorageError, at, short};
-use crate::log::{Offset, Position};
+use crate::error::{DecodeError, StorageError, short};
+use crate::log::{Offset, Position, at};
 use crate::metrics as m;
 use crate::partition::Replay;
 

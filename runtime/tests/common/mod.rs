@@ -3,13 +3,10 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
-use keel::{
-    Aggregate, CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, SnapshotStore,
-    StorageError, StoredRecord,
-};
+use keel::log::testing::Intercept;
+use keel::{Aggregate, EventLog, LogBackend, LogRecord, MemoryLog, Offset, StorageError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -116,9 +113,9 @@ impl GatedLog {
     }
 }
 
-impl EventLog for GatedLog {
-    fn partition_count(&self) -> u32 {
-        self.inner.partition_count()
+impl Intercept for GatedLog {
+    fn inner(&self) -> &dyn LogBackend {
+        &*self.inner
     }
     fn append(
         &self,
@@ -130,57 +127,6 @@ impl EventLog for GatedLog {
             self.inner.append(partition, records).await
         })
     }
-    fn read(
-        &self,
-        partition: u32,
-        from: Offset,
-        max: usize,
-        wait: Duration,
-    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
-        self.inner.read(partition, from, max, wait)
-    }
-    fn end_offset(&self, partition: u32) -> BoxFuture<'_, Result<Offset, StorageError>> {
-        self.inner.end_offset(partition)
-    }
-}
-
-impl SnapshotStore for GatedLog {
-    fn save_snapshot(
-        &self,
-        partition: u32,
-        key: String,
-        value: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.save_snapshot(partition, key, value)
-    }
-    fn load_snapshot(
-        &self,
-        partition: u32,
-        key: String,
-    ) -> BoxFuture<'_, Result<Option<Vec<u8>>, StorageError>> {
-        self.inner.load_snapshot(partition, key)
-    }
-}
-
-impl CheckpointStore for GatedLog {
-    fn load_checkpoint(
-        &self,
-        group: String,
-        partition: u32,
-    ) -> BoxFuture<'_, Result<Option<Offset>, StorageError>> {
-        self.inner.load_checkpoint(group, partition)
-    }
-    fn commit_checkpoint(
-        &self,
-        group: String,
-        partition: u32,
-        offset: Offset,
-    ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.commit_checkpoint(group, partition, offset)
-    }
-}
-
-impl LogBackend for GatedLog {
     fn describe(&self) -> String {
         "gated memory".into()
     }

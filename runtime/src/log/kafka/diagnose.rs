@@ -12,7 +12,8 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 
-use super::{KafkaConfig, base_client_config};
+use super::KafkaConfig;
+use super::clients::base_client_config;
 use crate::error::{Error, StorageError};
 
 /// Records the first client-level error, and the first connection failure librdkafka logged

@@ -15,9 +15,11 @@ use futures::future::BoxFuture;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, TopicPartitionList};
 
+use super::KafkaLog;
 use crate::error::StorageError;
 use crate::log::{Offset, Position, StoredRecord};
 
@@ -282,6 +284,22 @@ fn transient(e: &KafkaError) -> bool {
     )
 }
 
+/// Whether `e` says the partition's leader is not known (yet) or has just moved.
+fn leader_unknown(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::FencedLeaderEpoch
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+        )
+    )
+}
+
 /// A consumer error as a storage error; an offset out of range (the consumer's
 /// `auto.offset.reset=error`) is damage, not a passing failure.
 fn read_error(context: String, e: KafkaError) -> StorageError {
@@ -303,4 +321,76 @@ fn read_error(context: String, e: KafkaError) -> StorageError {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Only plain map operations happen under this lock; a panic cannot leave it inconsistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl KafkaLog {
+    /// The end of `topic`/`partition` by ListOffsets, asked of the partition leader. librdkafka
+    /// asks with its `isolation.level`, `read_committed` unless set otherwise, so in the
+    /// transactional mode this is the last stable offset: every committed record is below it,
+    /// and no record of an open transaction is.
+    pub(super) fn high_watermark<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: u32,
+    ) -> BoxFuture<'a, Result<Offset, StorageError>> {
+        Box::pin(async move {
+            let timeout = self.config.request_timeout;
+            let context = || self.at("fetching the end offset of", topic, partition, None);
+            let deadline = std::time::Instant::now() + timeout;
+            let mut pause = Duration::from_millis(20);
+            loop {
+                let producer = self.producer();
+                let lookup = topic.to_owned();
+                let answer = tokio::task::spawn_blocking(move || {
+                    producer
+                        .client()
+                        .fetch_watermarks(&lookup, partition as i32, timeout)
+                })
+                .await
+                .map_err(|e| StorageError::io(context(), e))?;
+                match answer {
+                    Ok((_low, high)) => return Ok(high.max(0) as Offset),
+                    // A partition just created, or whose leader just moved, has no leader
+                    // known to this client yet: ask again shortly.
+                    Err(e)
+                        if leader_unknown(&e) && std::time::Instant::now() + pause < deadline =>
+                    {
+                        tracing::debug!(at = %context(), error = %e, "no partition leader yet; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    Err(e) => return Err(StorageError::io(context(), e)),
+                }
+            }
+        })
+    }
+
+    pub(super) async fn read_topic(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+        known_end: Offset,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let mut reader = self.readers.take(topic, partition, from, false, || {
+            self.at("reading", topic, partition, Some(from))
+        })?;
+        let limits = ReadLimits {
+            from,
+            max,
+            wait,
+            fetch_timeout: self.config.request_timeout,
+            known_end,
+            query_end: self.high_watermark(topic, partition),
+        };
+        let records = reader
+            .read(partition, limits, |offset| {
+                self.at("reading", topic, partition, Some(offset))
+            })
+            .await?;
+        self.readers.give_back(topic, partition, reader);
+        Ok(records)
+    }
 }

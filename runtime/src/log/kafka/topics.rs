@@ -19,6 +19,7 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::KafkaConfig;
 use crate::error::{Error, StorageError};
 
 /// A setting an existing topic must have.
@@ -290,4 +291,66 @@ async fn set_min_insync(
     }
     tracing::info!(topic = %topic.name, bootstrap, min_insync_replicas = min_isr, "set kafka topic min.insync.replicas");
     Ok(())
+}
+
+/// Room for the record batch framing and key around the largest snapshot.
+pub(super) const SNAPSHOT_FRAMING_BYTES: usize = 64 << 10;
+
+/// The largest record (batch) keel's producers send and its snapshots topic accepts.
+pub(super) fn max_message_bytes(config: &KafkaConfig) -> usize {
+    config.max_snapshot_bytes + SNAPSHOT_FRAMING_BYTES
+}
+
+/// The topics keel needs, with the settings it creates them with and relies on.
+pub(super) fn topic_specs(config: &KafkaConfig, events: &str, snapshots: &str) -> Vec<TopicSpec> {
+    use Required::{AtLeast, Equals, Nothing};
+    // Compaction only runs on closed segments: hourly segments keep a first snapshot load
+    // from reading a week of superseded snapshots.
+    let compacted = |why: &'static str| {
+        vec![
+            (
+                "cleanup.policy",
+                "compact".to_owned(),
+                Equals("compact"),
+                why,
+            ),
+            ("segment.ms", "3600000".to_owned(), Nothing, ""),
+            ("min.cleanable.dirty.ratio", "0.1".to_owned(), Nothing, ""),
+        ]
+    };
+    let mut snapshot_configs = compacted(
+        "a snapshot stands for every event before the recovery checkpoint and must never \
+         expire",
+    );
+    let max_message = max_message_bytes(config);
+    snapshot_configs.push((
+        "max.message.bytes",
+        max_message.to_string(),
+        AtLeast(max_message as u64),
+        "snapshots up to KafkaConfig::max_snapshot_bytes must fit",
+    ));
+    let forever = "keel keeps every event forever (aggregates are rebuilt from them)";
+    vec![
+        TopicSpec {
+            name: events.to_owned(),
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+            configs: vec![
+                (
+                    "cleanup.policy",
+                    "delete".to_owned(),
+                    Equals("delete"),
+                    forever,
+                ),
+                ("retention.ms", "-1".to_owned(), Equals("-1"), forever),
+                ("retention.bytes", "-1".to_owned(), Equals("-1"), forever),
+            ],
+        },
+        TopicSpec {
+            name: snapshots.to_owned(),
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+            configs: snapshot_configs,
+        },
+    ]
 }

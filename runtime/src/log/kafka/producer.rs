@@ -1,0 +1,237 @@
+//! The append path: the idempotent producer (replaced when it fails fatally), handing records
+//! to it and waiting for the broker's acknowledgement, and in the transactional mode one
+//! transactional producer per owned partition.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::clients::producer_client_config;
+use super::transactions::{PartitionProducer, TxnAppend, TxnSettings};
+use super::{KafkaLog, TxnSlot};
+use crate::error::StorageError;
+use crate::log::{LogBackend, Offset};
+
+impl KafkaLog {
+    /// Creates and initialises the transactional producer of `partition`.
+    pub(super) async fn start_producer(
+        &self,
+        partition: u32,
+    ) -> Result<PartitionProducer, StorageError> {
+        let transactional_id = format!("{}-{partition}", self.config.app_id);
+        let client = producer_client_config(&self.config, Some(&transactional_id));
+        let settings = TxnSettings {
+            partition,
+            transactional_id,
+            commit_interval: self.config.commit_interval,
+            timeout: self.config.delivery_timeout,
+            describe: format!("kafka {}", self.config.bootstrap_servers),
+        };
+        let started = Instant::now();
+        let producer =
+            tokio::task::spawn_blocking(move || PartitionProducer::start(client, settings))
+                .await
+                .map_err(|e| {
+                    StorageError::io(
+                        self.at(
+                            "starting the producer of",
+                            &self.events_topic,
+                            partition,
+                            None,
+                        ),
+                        e,
+                    )
+                })??;
+        tracing::info!(
+            partition,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "kafka transactional producer initialised; earlier owners are fenced"
+        );
+        Ok(producer)
+    }
+
+    /// Appends `records` to `topic`/`partition` in the partition's next transaction; resolves
+    /// to the first record's offset once that transaction committed.
+    pub(super) async fn append_transactional(
+        &self,
+        slots: &[tokio::sync::Mutex<TxnSlot>],
+        topic: &str,
+        partition: u32,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<Offset, StorageError> {
+        let fenced = |detail: String| StorageError::Fenced { partition, detail };
+        let (reply, committed) = tokio::sync::oneshot::channel();
+        {
+            let mut slot = slots[partition as usize].lock().await;
+            if let TxnSlot::Unclaimed = &*slot {
+                *slot = TxnSlot::Owned(self.start_producer(partition).await?);
+            }
+            let producer = match &*slot {
+                TxnSlot::Owned(producer) => producer,
+                _ => {
+                    return Err(fenced(format!(
+                        "{}: this instance released the partition",
+                        self.at("appending to", topic, partition, None)
+                    )));
+                }
+            };
+            if let Some(detail) = producer.fenced() {
+                return Err(fenced(detail));
+            }
+            let append = TxnAppend {
+                topic: topic.to_owned(),
+                records,
+                reply,
+            };
+            if producer.send(append).is_err() {
+                return Err(match producer.fenced() {
+                    Some(detail) => fenced(detail),
+                    None => StorageError::Closed(self.describe()),
+                });
+            }
+        }
+        committed
+            .await
+            .map_err(|_| StorageError::Closed(self.describe()))?
+    }
+
+    /// Hands one record to the producer; waits (up to the delivery timeout) while the
+    /// producer's queue is full. Resolves to the future of the broker's acknowledgement.
+    pub(super) async fn enqueue(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        partition: u32,
+        key: &str,
+        value: &[u8],
+    ) -> Result<DeliveryFuture, StorageError> {
+        let started = Instant::now();
+        loop {
+            let record = FutureRecord::to(topic)
+                .partition(partition as i32)
+                .key(key)
+                .payload(value);
+            match producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if started.elapsed() < self.config.delivery_timeout =>
+                {
+                    // The producer is at its buffering limit; its queue drains as batches are
+                    // acknowledged.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => {
+                    return Err(self.kafka_error(
+                        self.at("producing to", topic, partition, None),
+                        partition,
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The current producer (a cheap handle clone).
+    pub(super) fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failed delivery: when `failed` has hit a fatal error it will never deliver
+    /// again, so a new producer (with a new producer id) takes its place.
+    pub(super) fn replace_if_fatal(&self, failed: &FutureProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            return; // another append already replaced it
+        }
+        match producer_client_config(&self.config, None).create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(
+                    bootstrap = %self.config.bootstrap_servers,
+                    ?code,
+                    reason,
+                    "kafka producer failed fatally; replaced it"
+                );
+                let old = std::mem::replace(&mut *current, fresh);
+                // Dropping a producer purges and briefly flushes it: not on this thread.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(e) => tracing::error!(
+                bootstrap = %self.config.bootstrap_servers,
+                error = %e,
+                "kafka producer failed fatally and a new one cannot be created"
+            ),
+        }
+    }
+
+    /// Awaits one acknowledgement; the offset the record got.
+    pub(super) async fn delivered(
+        &self,
+        producer: &FutureProducer,
+        delivery: DeliveryFuture,
+        topic: &str,
+        partition: u32,
+        what: impl Fn() -> String,
+    ) -> Result<Offset, StorageError> {
+        match delivery.await {
+            Ok(Ok(delivery)) if delivery.offset >= 0 => Ok(delivery.offset as Offset),
+            // Stored, but the broker's answer carried no offset (seen after a broker
+            // restart): the record is in the log at an unknown place. Report a failure; the
+            // runtime then looks for the record before it serves the aggregate again.
+            Ok(Ok(delivery)) => Err(StorageError::io(
+                format!(
+                    "{} ({})",
+                    self.at("producing to", topic, partition, None),
+                    what()
+                ),
+                std::io::Error::other(format!(
+                    "acknowledged without an offset ({})",
+                    delivery.offset
+                )),
+            )),
+            Ok(Err((e, _))) => {
+                self.replace_if_fatal(producer);
+                Err(self.kafka_error(
+                    format!(
+                        "{} ({})",
+                        self.at("producing to", topic, partition, None),
+                        what()
+                    ),
+                    partition,
+                    e,
+                ))
+            }
+            Err(_canceled) => Err(StorageError::Closed(self.describe())),
+        }
+    }
+
+    pub(super) fn kafka_error(
+        &self,
+        context: String,
+        partition: u32,
+        e: KafkaError,
+    ) -> StorageError {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch) => {
+                StorageError::Fenced {
+                    partition,
+                    detail: format!("{context}: {e}"),
+                }
+            }
+            _ => StorageError::io(context, e),
+        }
+    }
+}
+
+/// Stops a transactional producer and waits (off the async workers) until its thread ended.
+pub(super) async fn join_producer(producer: PartitionProducer) {
+    let thread = producer.stop();
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+}

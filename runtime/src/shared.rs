@@ -1,0 +1,194 @@
+//! [`Shared`]: the state the runtime core shares — the registry of live aggregate actors,
+//! the shards of the owned partitions and the messages they take, admission under
+//! `max_in_flight`, and the passivation policy. Every part of the core (shards, aggregate
+//! actors, handles, the runtime) holds an `Arc<Shared>`; this module imports none of them.
+
+use std::any::TypeId;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use futures::future::BoxFuture;
+use ractor::{ActorCell, ActorId, ActorRef, SpawnErr};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::config::RuntimeConfig;
+use crate::log::LogBackend;
+use crate::metrics as m;
+use crate::partition::{PartitionState, TailBudget};
+
+/// State shared by the runtime, its shards, its actors and its handles.
+pub(crate) struct Shared {
+    pub(crate) backend: Arc<dyn LogBackend>,
+    /// This instance's consumer-group membership, when ownership is configured; taken (and
+    /// left) by shutdown.
+    #[cfg(feature = "kafka")]
+    pub(crate) membership: std::sync::Mutex<Option<crate::ownership::Membership>>,
+    pub(crate) config: RuntimeConfig,
+    pub(crate) partitions: u32,
+    /// Live aggregate actors by key: the command path's lock-free lookup.
+    pub(crate) registry: DashMap<String, Arc<LiveEntry>>,
+    /// The shard of every partition this instance owns.
+    pub(crate) shards: DashMap<u32, ActorRef<ShardMsg>>,
+    /// Shards taken out of `shards` (revoked, lost, aborted) that have not stopped yet.
+    pub(crate) retiring: DashMap<u32, ActorRef<ShardMsg>>,
+    /// Makes moving a shard between `shards` and `retiring`, and an assignment's look at
+    /// both, one step. A std `Mutex`: never held across an `.await`.
+    pub(crate) handover: std::sync::Mutex<()>,
+    /// Serializes assignments (a tokio `Mutex`: held across the recovery of the partitions).
+    pub(crate) assigning: tokio::sync::Mutex<()>,
+    /// Commands and queries admitted and not yet answered, capped by `max_in_flight`.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) activations: Semaphore,
+    pub(crate) live: AtomicUsize,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) started: tokio::time::Instant,
+    pub(crate) types: DashMap<&'static str, TypeId>,
+    /// How to spawn each aggregate type the application has asked a handle for.
+    pub(crate) aggregate_types: DashMap<&'static str, Arc<AggregateType>>,
+    /// Tells callers where a partition this instance does not own lives.
+    pub(crate) owner_of: DashMap<u32, String>,
+    /// The byte budget every partition tail shares.
+    pub(crate) tail_budget: Arc<TailBudget>,
+}
+
+/// A command or query admitted under `max_in_flight`; dropping it (once the request has been
+/// answered, or dropped unanswered) frees its place.
+///
+/// An atomic count rather than a semaphore: admission never waits (a full runtime answers
+/// `Overloaded`), and a semaphore's release takes a lock on every command.
+pub(crate) struct InFlightPermit(Arc<AtomicUsize>);
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// Milliseconds since the runtime started (tokio time, so paused-time tests control it).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.ms_at(tokio::time::Instant::now())
+    }
+
+    /// Milliseconds from the runtime's start to `instant`.
+    pub(crate) fn ms_at(&self, instant: tokio::time::Instant) -> u64 {
+        instant.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Admits one more request in flight, or `None` when `max_in_flight` are.
+    pub(crate) fn admit(&self) -> Option<InFlightPermit> {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.config.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlightPermit(self.in_flight.clone()))
+    }
+
+    /// Removes `key` from the registry if it still points at actor `id`.
+    pub(crate) fn unregister(&self, key: &str, id: ActorId) {
+        self.registry
+            .remove_if(key, |_, entry| entry.cell.get_id() == id);
+    }
+
+    /// Starts passivating one actor: out of the registry, then drained. Returns false when it
+    /// was already on its way out.
+    pub(crate) fn passivate(&self, key: &str, entry: &Arc<LiveEntry>) -> bool {
+        let removed = self
+            .registry
+            .remove_if(key, |_, e| Arc::ptr_eq(e, entry))
+            .is_some();
+        if removed {
+            let _ = entry.cell.drain();
+        }
+        removed
+    }
+
+    /// Passivates the least recently used actors until `live` is back under the cap (plus a
+    /// little headroom, so a full runtime does not scan the registry on every activation).
+    pub(crate) fn evict_least_recently_used(&self, live: usize) {
+        let cap = self.config.max_live_actors;
+        let draining = live.saturating_sub(self.registry.len());
+        let target = cap.saturating_sub(cap / 16);
+        let excess = live.saturating_sub(draining).saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        let mut candidates: Vec<(u64, String, Arc<LiveEntry>)> = self
+            .registry
+            .iter()
+            // Only idle actors: passivating one with queued commands would just bounce them.
+            .filter(|e| e.value().queued.load(Ordering::Relaxed) == 0)
+            .map(|e| {
+                (
+                    e.value().last_used.load(Ordering::Relaxed),
+                    e.key().clone(),
+                    e.value().clone(),
+                )
+            })
+            .collect();
+        let excess = excess.min(candidates.len());
+        if excess == 0 {
+            return;
+        }
+        candidates.select_nth_unstable_by_key(excess - 1, |c| c.0);
+        for (_, key, entry) in candidates.into_iter().take(excess) {
+            if self.passivate(&key, &entry) {
+                metrics::counter!(m::PASSIVATIONS, "reason" => "capacity").increment(1);
+            }
+        }
+    }
+}
+
+/// A live aggregate actor as the command path sees it.
+pub(crate) struct LiveEntry {
+    pub(crate) cell: ActorCell,
+    /// Milliseconds since the runtime started, at the last command sent to it.
+    pub(crate) last_used: AtomicU64,
+    /// Commands sent but not yet picked up (the bounded mailbox).
+    pub(crate) queued: Arc<AtomicUsize>,
+}
+
+/// Spawns one typed aggregate actor, linked to the shard. Built by the typed handle, run by
+/// the shard.
+pub(crate) type Spawner = Box<
+    dyn FnOnce(
+            ActorCell,
+            Arc<PartitionState>,
+            Arc<AtomicUsize>,
+        ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>
+        + Send,
+>;
+
+/// What a shard needs to activate aggregates of one type on its own (to settle keys that
+/// hold its checkpoint back): registered when the application asks for the type's handle.
+pub(crate) struct AggregateType {
+    pub(crate) spawner: Box<dyn Fn(Arc<Shared>, String, String) -> Spawner + Send + Sync>,
+    /// Sends the typed `Compact` message; false if the actor is no longer accepting.
+    pub(crate) compact: Box<dyn Fn(&ActorCell) -> bool + Send + Sync>,
+}
+
+pub(crate) type ActivateReply = oneshot::Sender<Result<Arc<LiveEntry>, ActivateError>>;
+
+#[derive(Debug)]
+pub(crate) enum ActivateError {
+    ShuttingDown,
+    Spawn(String),
+}
+
+pub(crate) enum ShardMsg {
+    Activate {
+        key: String,
+        spawner: Spawner,
+        reply: ActivateReply,
+    },
+    Maintain,
+    /// Passivate every actor, commit the checkpoint and stop (shutdown or revocation).
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+    /// Kill every actor at once, draining ones included: no snapshots, no checkpoint.
+    Abort {
+        reply: oneshot::Sender<()>,
+    },
+}
