@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use keel::{Offset, StoredRecord};
 
+use super::store::{ApplyRecord, ReadView, Step, ViewBase, ViewReader, ViewStore};
+use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
-use crate::projection::{ViewKey, ViewValue};
-use crate::view::{ApplyRecord, Step, ViewBase, ViewReader, ViewStore};
 
 /// A view held in memory. Queries read the map while the actor writes it; each entry changes
 /// atomically, and the projection's position is published only after a whole batch.
@@ -86,6 +86,23 @@ impl<K: ViewKey, V: ViewValue> ViewStore<K, V> for MemoryStore<K, V> {
     }
 
     fn reader(self: &Arc<Self>) -> ViewReader<K, V> {
-        ViewReader::Memory(self.map.clone())
+        self.map.clone()
+    }
+}
+
+impl<K: ViewKey, V: ViewValue> ReadView<K, V> for DashMap<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>, ProjectionError> {
+        Ok(DashMap::get(self, key).map(|e| e.value().clone()))
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(&K, &V)) -> Result<(), ProjectionError> {
+        for entry in self.iter() {
+            f(entry.key(), entry.value());
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> Result<usize, ProjectionError> {
+        Ok(DashMap::len(self))
     }
 }
