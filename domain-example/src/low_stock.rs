@@ -28,7 +28,10 @@ pub struct LowStockAlert {
 /// The projection behind the low-stock alerts view: `StockItemId → LowStockAlert`, one entry per
 /// item at or below its reorder point.
 #[derive(Debug, Clone, Default)]
-pub struct LowStockAlerts;
+pub struct LowStockAlerts {
+    /// Built with `default()`, so fields can be added without breaking callers.
+    _private: (),
+}
 
 impl LowStockAlerts {
     /// The projection's name, which also names its checkpoints and metrics.

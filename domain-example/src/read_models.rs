@@ -55,11 +55,11 @@ impl ReadModels {
         views_dir: Option<&Path>,
     ) -> Result<Self, ProjectionError> {
         let runner = ProjectionRunner::new(backend);
-        let stock = runner.start_in_memory(StockLevels).await?;
-        let low_stock = runner.start_in_memory(LowStockAlerts).await?;
+        let stock = runner.start_in_memory(StockLevels::default()).await?;
+        let low_stock = runner.start_in_memory(LowStockAlerts::default()).await?;
         let sales = match views_dir {
-            Some(dir) => runner.start_persisted(SalesTotals, dir).await?,
-            None => runner.start_in_memory(SalesTotals).await?,
+            Some(dir) => runner.start_persisted(SalesTotals::default(), dir).await?,
+            None => runner.start_in_memory(SalesTotals::default()).await?,
         };
         Ok(ReadModels {
             stock,

@@ -29,7 +29,10 @@ pub struct Sales {
 /// The projection behind the sales view: each [`StockEvent::SaleRecorded`] adds to its item's
 /// entry and to its store's, in one atomic change.
 #[derive(Debug, Clone, Default)]
-pub struct SalesTotals;
+pub struct SalesTotals {
+    /// Built with `default()`, so fields can be added without breaking callers.
+    _private: (),
+}
 
 impl SalesTotals {
     /// The projection's name, which also names its checkpoints, metrics and directory.

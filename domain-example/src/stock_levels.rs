@@ -28,7 +28,10 @@ impl StockLevel {
 /// The projection behind the stock levels view: `StockItemId → StockLevel`, an entry for every
 /// item that has any event.
 #[derive(Debug, Clone, Default)]
-pub struct StockLevels;
+pub struct StockLevels {
+    /// Built with `default()`, so fields can be added without breaking callers.
+    _private: (),
+}
 
 impl StockLevels {
     /// The projection's name, which also names its checkpoints and metrics.

@@ -35,13 +35,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::apply::{Applied, apply_record};
+use crate::apply::{Outcome, apply_record};
 use crate::error::ProjectionError;
 use crate::projection::{PoisonPolicy, Projection};
 use crate::status::{ProjectionState, Shared};
 use crate::view::store::{Step, ViewStore};
 
-/// How a projection reads and applies; see `ProjectionBuilder` for the defaults.
+/// How a projection reads and applies; see `ProjectionRunner` for the defaults.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) batch_size: usize,
@@ -285,12 +285,12 @@ where
             .write_batch(self.partition, &self.records, &mut |base, record| {
                 let position = record.position;
                 let reason = match apply_record(projection, base, record)? {
-                    Applied::Applied => {
+                    Outcome::Applied => {
                         outcome.applied += 1;
                         return Ok(Step::Continue);
                     }
-                    Applied::Passed => return Ok(Step::Continue),
-                    Applied::Poison(reason) => reason,
+                    Outcome::Passed => return Ok(Step::Continue),
+                    Outcome::Poison(reason) => reason,
                 };
                 match self.policy {
                     PoisonPolicy::Stop => {

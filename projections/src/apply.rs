@@ -15,7 +15,7 @@ use crate::view::apply_atomically;
 use crate::view::store::ViewBase;
 
 /// What became of one record.
-pub(crate) enum Applied {
+pub(crate) enum Outcome {
     /// The projection applied it.
     Applied,
     /// Its aggregate type does not concern the projection: passed over, not decoded.
@@ -26,19 +26,19 @@ pub(crate) enum Applied {
 }
 
 /// Applies `record` to `base` with `projection`. The error is the store's (fatal for the
-/// projection); a poison event is an [`Applied::Poison`].
+/// projection); a poison event is an [`Outcome::Poison`].
 pub(crate) fn apply_record<P: Projection>(
     projection: &P,
     base: &mut dyn ViewBase<P::Key, P::Value>,
     record: &StoredRecord,
-) -> Result<Applied, ProjectionError> {
+) -> Result<Outcome, ProjectionError> {
     let aggregate_type = record.key.split('/').next().unwrap_or_default();
     if !projection.accepts(aggregate_type) {
-        return Ok(Applied::Passed);
+        return Ok(Outcome::Passed);
     }
     let envelope = match decode_envelope(record) {
         Ok(envelope) => envelope,
-        Err(e) => return Ok(Applied::Poison(e.to_string())),
+        Err(e) => return Ok(Outcome::Poison(e.to_string())),
     };
     let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
         apply_atomically(base, |view| {
@@ -46,10 +46,10 @@ pub(crate) fn apply_record<P: Projection>(
         })
     }));
     Ok(match applied {
-        Ok(Ok(Ok(()))) => Applied::Applied,
+        Ok(Ok(Ok(()))) => Outcome::Applied,
         Ok(Err(store_failure)) => return Err(store_failure),
-        Ok(Ok(Err(e))) => Applied::Poison(error_chain(&e)),
-        Err(panic) => Applied::Poison(format!("handler panicked: {}", panic_message(&panic))),
+        Ok(Ok(Err(e))) => Outcome::Poison(error_chain(&e)),
+        Err(panic) => Outcome::Poison(format!("handler panicked: {}", panic_message(&panic))),
     })
 }
 

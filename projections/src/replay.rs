@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use keel::StoredRecord;
 
-use crate::apply::{Applied, apply_record};
+use crate::apply::{Outcome, apply_record};
 use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
 use crate::projection::Projection;
@@ -40,7 +40,7 @@ pub fn replay<'r, P: Projection>(
     let mut view = HashMap::new();
     for record in records {
         let mut base = MapBase(&mut view);
-        if let Applied::Poison(reason) = apply_record(projection, &mut base, record)? {
+        if let Outcome::Poison(reason) = apply_record(projection, &mut base, record)? {
             return Err(ProjectionError::Poisoned {
                 projection: label,
                 partition: record.position.partition,

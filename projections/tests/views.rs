@@ -485,3 +485,43 @@ async fn history_serves_one_aggregates_events_and_past_states() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_that_does_not_decode_is_poison_located_by_aggregate_partition_and_offset() {
+    let (log, backend) = memory_log(1);
+    let view = ProjectionRunner::new(backend)
+        .start_in_memory(Balances::new())
+        .await
+        .expect("start");
+    append(&*log, "a", 1, &AccountEvent::Deposited { amount: 5 }).await;
+    let mut bad = support::envelope("a", 2, &AccountEvent::Deposited { amount: 1 });
+    bad.payload = vec![0xc1];
+    let offset = log
+        .append(
+            0,
+            vec![keel::LogRecord {
+                key: bad.key(),
+                value: bad.encode(),
+            }],
+        )
+        .await
+        .expect("append");
+    let err = view
+        .wait_for(
+            Position {
+                partition: 0,
+                offset,
+            },
+            WAIT,
+        )
+        .await
+        .expect_err("poison");
+    match err {
+        ProjectionError::Poisoned { reason, .. } => assert!(
+            reason.contains("aggregate Account/a, partition 0, offset 1"),
+            "{reason}"
+        ),
+        other => panic!("expected Poisoned, got {other}"),
+    }
+    assert_eq!(view.get(&"a".into()).expect("get").expect("a").balance, 5);
+}

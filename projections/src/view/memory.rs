@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use keel::{Offset, StoredRecord};
 
-use super::store::{ApplyRecord, ReadView, Step, ViewBase, ViewReader, ViewStore};
+use super::store::{ApplyRecord, ReadView, ViewBase, ViewReader, ViewStore, apply_from};
 use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
 
@@ -68,20 +68,7 @@ impl<K: ViewKey, V: ViewValue> ViewStore<K, V> for MemoryStore<K, V> {
         let slot = next_offsets
             .get_mut(partition as usize)
             .ok_or_else(|| ProjectionError::Config(format!("no partition {partition}")))?;
-        let mut base = MapBase(&self.map);
-        let mut halted = false;
-        for record in records {
-            if record.position.offset < *slot {
-                continue;
-            }
-            match apply(&mut base, record)? {
-                Step::Continue => *slot = record.position.offset + 1,
-                Step::Halt => {
-                    halted = true;
-                    break;
-                }
-            }
-        }
+        let halted = apply_from(records, slot, &mut MapBase(&self.map), apply)?;
         Ok((*slot, halted))
     }
 

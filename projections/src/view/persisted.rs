@@ -21,7 +21,7 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use keel::{DecodeError, Offset, StoredRecord};
 
-use super::store::{ApplyRecord, ReadView, Step, ViewBase, ViewReader, ViewStore};
+use super::store::{ApplyRecord, ReadView, ViewBase, ViewReader, ViewStore, apply_from};
 use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
 
@@ -166,24 +166,10 @@ impl<K: ViewKey, V: ViewValue> ViewStore<K, V> for PersistedStore<K, V> {
             store: self,
             writes: HashMap::new(),
         };
-        let mut halted = false;
-        let mut processed = None;
-        for record in records {
-            if record.position.offset < next {
-                continue;
-            }
-            match apply(&mut overlay, record)? {
-                Step::Continue => {
-                    next = record.position.offset + 1;
-                    processed = Some(record.position.offset);
-                }
-                Step::Halt => {
-                    halted = true;
-                    break;
-                }
-            }
-        }
-        if let Some(last) = processed {
+        let start = next;
+        let halted = apply_from(records, &mut next, &mut overlay, apply)?;
+        if next > start {
+            let last = next - 1;
             let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
             for (key, value) in overlay.writes {
                 match value {

@@ -28,6 +28,27 @@ pub(crate) enum Step {
 pub(crate) type ApplyRecord<'f, K, V> =
     dyn FnMut(&mut dyn ViewBase<K, V>, &StoredRecord) -> Result<Step, ProjectionError> + 'f;
 
+/// Runs `apply` on `records` (one partition's, in offset order) from offset `next` on, until it
+/// halts, moving `next` past each record processed; records below `next` are passed over.
+/// Returns whether `apply` halted.
+pub(crate) fn apply_from<K, V>(
+    records: &[StoredRecord],
+    next: &mut Offset,
+    base: &mut dyn ViewBase<K, V>,
+    apply: &mut ApplyRecord<'_, K, V>,
+) -> Result<bool, ProjectionError> {
+    for record in records {
+        if record.position.offset < *next {
+            continue;
+        }
+        match apply(base, record)? {
+            Step::Continue => *next = record.position.offset + 1,
+            Step::Halt => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
 /// The seam between the projection actor and a view's storage.
 pub(crate) trait ViewStore<K: ViewKey, V: ViewValue>: Send + Sync + 'static {
     /// Whether writing blocks the thread (file I/O, fsync): the actor then writes on the

@@ -77,11 +77,16 @@ impl Balances {
     }
 }
 
-fn delta(event: &AccountEvent) -> i64 {
-    match event {
+/// Adds `event`'s amount, times `scale`, to the entry of `key`.
+fn add(view: &mut ViewMut<'_, String, Balance>, key: String, event: &AccountEvent, scale: i64) {
+    let delta = match event {
         AccountEvent::Deposited { amount } => *amount,
         AccountEvent::Withdrawn { amount } => -amount,
-    }
+    };
+    view.upsert(key, |b| {
+        b.balance += delta * scale;
+        b.events += 1;
+    });
 }
 
 impl AggregateProjection for Balances {
@@ -105,10 +110,7 @@ impl AggregateProjection for Balances {
         event: &AccountEvent,
         _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        view.upsert(id.to_string(), |b| {
-            b.balance += delta(event) * self.scale;
-            b.events += 1;
-        });
+        add(view, id.to_string(), event, self.scale);
         Ok(())
     }
 }
@@ -133,10 +135,7 @@ impl AggregateProjection for Totals {
         event: &AccountEvent,
         _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        view.upsert("all".to_string(), |b| {
-            b.balance += delta(event);
-            b.events += 1;
-        });
+        add(view, "all".to_string(), event, 1);
         Ok(())
     }
 }
