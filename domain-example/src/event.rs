@@ -52,4 +52,16 @@ impl StockEvent {
             StockEvent::LowStockReached { .. } => "LowStockReached",
         }
     }
+
+    /// Units on hand after this event, from `on_hand` before it: shipments add, sales take
+    /// away (saturating, as the aggregate does), adjustments add their delta; the other events
+    /// leave stock alone.
+    pub(crate) fn on_hand_after(&self, on_hand: u64) -> u64 {
+        match self {
+            StockEvent::ShipmentReceived { quantity, .. } => on_hand.saturating_add(*quantity),
+            StockEvent::SaleRecorded { quantity } => on_hand.saturating_sub(*quantity),
+            StockEvent::StockAdjusted { delta, .. } => on_hand.saturating_add_signed(*delta),
+            StockEvent::ReorderPointSet { .. } | StockEvent::LowStockReached { .. } => on_hand,
+        }
+    }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use keel_projections::ApplyError;
 use serde::{Deserialize, Serialize};
 
 /// The identity of one [`StockItem`](crate::StockItem): a SKU in a store.
@@ -103,6 +104,14 @@ impl FromStr for StockItemId {
             .ok_or_else(|| InvalidId::Malformed(s.to_string()))?;
         StockItemId::new(store, sku)
     }
+}
+
+/// The [`StockItemId`] of a stock item's events in the log; an id that does not parse cannot
+/// be applied to a view.
+pub(crate) fn logged_item_id(id: &str) -> Result<StockItemId, ApplyError> {
+    id.parse().map_err(|e| {
+        ApplyError::Invalid(format!("stock item id {id:?} in the log is invalid: {e}"))
+    })
 }
 
 impl TryFrom<String> for StockItemId {

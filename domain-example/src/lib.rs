@@ -5,12 +5,12 @@
 //!
 //! | file | concept |
 //! |---|---|
-//! | `id.rs` | [`StockItemId`]: a SKU in a store, the aggregate id `"{store}:{sku}"` |
+//! | `id.rs` | [`StockItemId`]: a SKU in a store, the aggregate id `"{store}:{sku}"`, as the views read it from the log |
 //! | `stock_item.rs` | [`StockItem`]: the aggregate — its rules, `handle` and `apply`, and its given/when/then tests |
 //! | `command.rs` | [`StockCommand`]: receive a shipment, record a sale, adjust stock, set a reorder point |
-//! | `event.rs` | [`StockEvent`]: what happened, as stored in the log |
+//! | `event.rs` | [`StockEvent`]: what happened, as stored in the log, and its effect on stock |
 //! | `error.rs` | [`StockError`]: why a command is rejected |
-//! | `stock_levels.rs` | [`StockLevels`]: units on hand per store and SKU (in-memory view) |
+//! | `stock_levels.rs` | [`StockLevels`]: units on hand per store and SKU (in-memory view); like the two below, an `AggregateProjection` over [`StockItem`]'s events |
 //! | `low_stock.rs` | [`LowStockAlerts`]: items at or below their reorder point (in-memory view) |
 //! | `sales.rs` | [`SalesTotals`]: units sold per store and SKU, with store totals (persisted view) |
 //! | `read_models.rs` | [`ReadModels`]: the three views started together, and their queries |
@@ -20,7 +20,7 @@
 //! | file | part |
 //! |---|---|
 //! | `main.rs` | the command line (clap): `inventory [OPTIONS]` simulates, `inventory query` shows an item |
-//! | `demo.rs`, `demo/` | opening the log, the simulated stores, the progress line, the report, `query` |
+//! | `demo.rs`, `demo/` | options, output, opening the log, the simulated stores and their counters, the progress line, the report, `query` (table in `demo.rs`) |
 //!
 //! ```
 //! use inventory::{StockCommand, StockItem, StockItemId};

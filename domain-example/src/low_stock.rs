@@ -7,14 +7,12 @@
 //! adjustment up, or a lower reorder point). Items that are not low have no entry, so the view
 //! stays as small as the list of things to reorder.
 
-use keel::{Aggregate, EventEnvelope, Position};
-use keel_projections::{AggregateEvents, ApplyError, Projection, ViewMut};
+use keel_projections::{AggregateProjection, ApplyError, EventMeta, ViewMut};
 use serde::{Deserialize, Serialize};
 
 use crate::event::StockEvent;
-use crate::id::StockItemId;
+use crate::id::{StockItemId, logged_item_id};
 use crate::stock_item::StockItem;
-use crate::stock_levels::item_id;
 
 /// An item that needs reordering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +29,8 @@ pub struct LowStockAlert {
 /// item at or below its reorder point.
 #[derive(Debug, Clone, Default)]
 pub struct LowStockAlerts {
-    events: AggregateEvents<StockItem>,
+    /// Built with `default()`, so fields can be added without breaking callers.
+    _private: (),
 }
 
 impl LowStockAlerts {
@@ -39,7 +38,8 @@ impl LowStockAlerts {
     pub const NAME: &'static str = "inventory-low-stock";
 }
 
-impl Projection for LowStockAlerts {
+impl AggregateProjection for LowStockAlerts {
+    type Aggregate = StockItem;
     type Key = StockItemId;
     type Value = LowStockAlert;
     type Error = ApplyError;
@@ -48,31 +48,25 @@ impl Projection for LowStockAlerts {
         Self::NAME
     }
 
-    fn accepts(&self, aggregate_type: &str) -> bool {
-        aggregate_type == StockItem::TYPE
-    }
-
     fn apply(
         &self,
         view: &mut ViewMut<'_, StockItemId, LowStockAlert>,
-        envelope: &EventEnvelope,
-        position: Position,
+        id: &str,
+        event: &StockEvent,
+        meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        let Some(event) = self.events.decode(envelope, position)? else {
-            return Ok(());
-        };
-        let id = item_id(envelope)?;
+        let id = logged_item_id(id)?;
         if let StockEvent::LowStockReached {
             on_hand,
             reorder_point,
-        } = event
+        } = *event
         {
             view.insert(
                 id,
                 LowStockAlert {
                     on_hand,
                     reorder_point,
-                    since_ms: envelope.timestamp_ms,
+                    since_ms: meta.timestamp_ms,
                 },
             );
             return Ok(());
@@ -81,18 +75,9 @@ impl Projection for LowStockAlerts {
         // through a LowStockReached event.
         view.update(id, |alert| {
             let mut alert = alert?;
-            match event {
-                StockEvent::ShipmentReceived { quantity, .. } => {
-                    alert.on_hand = alert.on_hand.saturating_add(quantity);
-                }
-                StockEvent::SaleRecorded { quantity } => {
-                    alert.on_hand = alert.on_hand.saturating_sub(quantity);
-                }
-                StockEvent::StockAdjusted { delta, .. } => {
-                    alert.on_hand = alert.on_hand.saturating_add_signed(delta);
-                }
-                StockEvent::ReorderPointSet { level } => alert.reorder_point = level,
-                StockEvent::LowStockReached { .. } => {}
+            alert.on_hand = event.on_hand_after(alert.on_hand);
+            if let StockEvent::ReorderPointSet { level } = event {
+                alert.reorder_point = *level;
             }
             (alert.on_hand <= alert.reorder_point).then_some(alert)
         });

@@ -42,40 +42,29 @@ impl ReadModels {
         backend: Arc<dyn LogBackend>,
         views_dir: &Path,
     ) -> Result<Self, ProjectionError> {
-        let runner = ProjectionRunner::builder(backend);
-        Ok(ReadModels {
-            stock: runner
-                .clone()
-                .in_memory(StockLevels::default())
-                .start()
-                .await?,
-            low_stock: runner
-                .clone()
-                .in_memory(LowStockAlerts::default())
-                .start()
-                .await?,
-            sales: runner
-                .persisted(SalesTotals::default(), views_dir)
-                .start()
-                .await?,
-        })
+        Self::start_with(backend, Some(views_dir)).await
     }
 
     /// Starts every view in memory (for tests and throwaway runs): nothing is written to disk.
     pub async fn start_in_memory(backend: Arc<dyn LogBackend>) -> Result<Self, ProjectionError> {
-        let runner = ProjectionRunner::builder(backend);
+        Self::start_with(backend, None).await
+    }
+
+    async fn start_with(
+        backend: Arc<dyn LogBackend>,
+        views_dir: Option<&Path>,
+    ) -> Result<Self, ProjectionError> {
+        let runner = ProjectionRunner::new(backend);
+        let stock = runner.start_in_memory(StockLevels::default()).await?;
+        let low_stock = runner.start_in_memory(LowStockAlerts::default()).await?;
+        let sales = match views_dir {
+            Some(dir) => runner.start_persisted(SalesTotals::default(), dir).await?,
+            None => runner.start_in_memory(SalesTotals::default()).await?,
+        };
         Ok(ReadModels {
-            stock: runner
-                .clone()
-                .in_memory(StockLevels::default())
-                .start()
-                .await?,
-            low_stock: runner
-                .clone()
-                .in_memory(LowStockAlerts::default())
-                .start()
-                .await?,
-            sales: runner.in_memory(SalesTotals::default()).start().await?,
+            stock,
+            low_stock,
+            sales,
         })
     }
 

@@ -1,14 +1,12 @@
 //! [`SalesTotals`]: units sold per store and SKU, with a total per store (a view persisted in
 //! the embedded store, resumed from its checkpoint at start).
 
-use keel::{Aggregate, EventEnvelope, Position};
-use keel_projections::{AggregateEvents, ApplyError, Projection, ViewMut};
+use keel_projections::{AggregateProjection, ApplyError, EventMeta, ViewMut};
 use serde::{Deserialize, Serialize};
 
 use crate::event::StockEvent;
-use crate::id::StockItemId;
+use crate::id::{StockItemId, logged_item_id};
 use crate::stock_item::StockItem;
-use crate::stock_levels::item_id;
 
 /// What a sales entry totals: one item, or every item of one store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -32,7 +30,8 @@ pub struct Sales {
 /// entry and to its store's, in one atomic change.
 #[derive(Debug, Clone, Default)]
 pub struct SalesTotals {
-    events: AggregateEvents<StockItem>,
+    /// Built with `default()`, so fields can be added without breaking callers.
+    _private: (),
 }
 
 impl SalesTotals {
@@ -40,7 +39,8 @@ impl SalesTotals {
     pub const NAME: &'static str = "inventory-sales";
 }
 
-impl Projection for SalesTotals {
+impl AggregateProjection for SalesTotals {
+    type Aggregate = StockItem;
     type Key = SalesKey;
     type Value = Sales;
     type Error = ApplyError;
@@ -49,25 +49,22 @@ impl Projection for SalesTotals {
         Self::NAME
     }
 
-    fn accepts(&self, aggregate_type: &str) -> bool {
-        aggregate_type == StockItem::TYPE
+    fn accepts_event(&self, event_type: &str) -> bool {
+        // Only sales concern this view: the rest are not even decoded.
+        event_type == "SaleRecorded"
     }
 
     fn apply(
         &self,
         view: &mut ViewMut<'_, SalesKey, Sales>,
-        envelope: &EventEnvelope,
-        position: Position,
+        id: &str,
+        event: &StockEvent,
+        _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        // Only sales concern this view: skip decoding the rest.
-        if envelope.event_type != "SaleRecorded" {
-            return Ok(());
-        }
-        let Some(StockEvent::SaleRecorded { quantity }) = self.events.decode(envelope, position)?
-        else {
+        let StockEvent::SaleRecorded { quantity } = *event else {
             return Ok(());
         };
-        let id = item_id(envelope)?;
+        let id = logged_item_id(id)?;
         let add = |sales: &mut Sales| {
             sales.units = sales.units.saturating_add(quantity);
             sales.sales = sales.sales.saturating_add(1);

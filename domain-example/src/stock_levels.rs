@@ -1,12 +1,11 @@
 //! [`StockLevels`]: units on hand and the reorder point of every item, per store and SKU
 //! (an in-memory view, rebuilt from the log at start).
 
-use keel::{Aggregate, EventEnvelope, Position};
-use keel_projections::{AggregateEvents, ApplyError, Projection, ViewMut};
+use keel_projections::{AggregateProjection, ApplyError, EventMeta, ViewMut};
 use serde::{Deserialize, Serialize};
 
 use crate::event::StockEvent;
-use crate::id::StockItemId;
+use crate::id::{StockItemId, logged_item_id};
 use crate::stock_item::StockItem;
 
 /// One entry of the stock levels view.
@@ -30,7 +29,8 @@ impl StockLevel {
 /// item that has any event.
 #[derive(Debug, Clone, Default)]
 pub struct StockLevels {
-    events: AggregateEvents<StockItem>,
+    /// Built with `default()`, so fields can be added without breaking callers.
+    _private: (),
 }
 
 impl StockLevels {
@@ -38,7 +38,8 @@ impl StockLevels {
     pub const NAME: &'static str = "inventory-stock-levels";
 }
 
-impl Projection for StockLevels {
+impl AggregateProjection for StockLevels {
+    type Aggregate = StockItem;
     type Key = StockItemId;
     type Value = StockLevel;
     type Error = ApplyError;
@@ -47,43 +48,19 @@ impl Projection for StockLevels {
         Self::NAME
     }
 
-    fn accepts(&self, aggregate_type: &str) -> bool {
-        aggregate_type == StockItem::TYPE
-    }
-
     fn apply(
         &self,
         view: &mut ViewMut<'_, StockItemId, StockLevel>,
-        envelope: &EventEnvelope,
-        position: Position,
+        id: &str,
+        event: &StockEvent,
+        _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        let Some(event) = self.events.decode(envelope, position)? else {
-            return Ok(());
-        };
-        let id = item_id(envelope)?;
-        view.upsert(id, |level| match event {
-            StockEvent::ShipmentReceived { quantity, .. } => {
-                level.on_hand = level.on_hand.saturating_add(quantity);
+        view.upsert(logged_item_id(id)?, |level| {
+            level.on_hand = event.on_hand_after(level.on_hand);
+            if let StockEvent::ReorderPointSet { level: point } = event {
+                level.reorder_point = Some(*point);
             }
-            StockEvent::SaleRecorded { quantity } => {
-                level.on_hand = level.on_hand.saturating_sub(quantity);
-            }
-            StockEvent::StockAdjusted { delta, .. } => {
-                level.on_hand = level.on_hand.saturating_add_signed(delta);
-            }
-            StockEvent::ReorderPointSet { level: point } => level.reorder_point = Some(point),
-            StockEvent::LowStockReached { .. } => {}
         });
         Ok(())
     }
-}
-
-/// The [`StockItemId`] of the aggregate an envelope belongs to.
-pub(crate) fn item_id(envelope: &EventEnvelope) -> Result<StockItemId, ApplyError> {
-    envelope.aggregate_id.parse().map_err(|e| {
-        ApplyError::Invalid(format!(
-            "stock item id {:?} in the log is invalid: {e}",
-            envelope.aggregate_id
-        ))
-    })
 }

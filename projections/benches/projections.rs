@@ -14,7 +14,7 @@ use keel::{
     Aggregate, EmbeddedLog, EventEnvelope, EventLog, LogBackend, LogRecord, MemoryLog, Position,
     aggregate_key, partition_for,
 };
-use keel_projections::{AggregateEvents, ApplyError, Projection, ProjectionRunner, ViewMut};
+use keel_projections::{AggregateProjection, ApplyError, EventMeta, ProjectionRunner, ViewMut};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -37,9 +37,10 @@ impl Aggregate for Item {
 }
 
 /// Units sold per item.
-struct Sales(AggregateEvents<Item>);
+struct Sales;
 
-impl Projection for Sales {
+impl AggregateProjection for Sales {
+    type Aggregate = Item;
     type Key = String;
     type Value = i64;
     type Error = ApplyError;
@@ -51,12 +52,12 @@ impl Projection for Sales {
     fn apply(
         &self,
         view: &mut ViewMut<'_, String, i64>,
-        event: &EventEnvelope,
-        position: Position,
+        id: &str,
+        event: &ItemEvent,
+        _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        if let Some(ItemEvent::Sold { quantity }) = self.0.decode(event, position)? {
-            view.upsert(event.aggregate_id.clone(), |sold| *sold += quantity);
-        }
+        let ItemEvent::Sold { quantity } = *event;
+        view.upsert(id.to_string(), |sold| *sold += quantity);
         Ok(())
     }
 }
@@ -122,9 +123,8 @@ fn throughput(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let started = Instant::now();
-                    let view = ProjectionRunner::builder(backend.clone())
-                        .in_memory(Sales(AggregateEvents::new()))
-                        .start()
+                    let view = ProjectionRunner::new(backend.clone())
+                        .start_in_memory(Sales)
                         .await
                         .expect("start");
                     view.caught_up(Duration::from_secs(120))
@@ -146,10 +146,9 @@ fn throughput(c: &mut Criterion) {
                 for _ in 0..iters {
                     let dir = tempfile::tempdir().expect("tempdir");
                     let started = Instant::now();
-                    let view = ProjectionRunner::builder(backend.clone())
+                    let view = ProjectionRunner::new(backend.clone())
                         .batch_size(4096)
-                        .persisted(Sales(AggregateEvents::new()), dir.path())
-                        .start()
+                        .start_persisted(Sales, dir.path())
                         .await
                         .expect("start");
                     view.caught_up(Duration::from_secs(300))
@@ -177,11 +176,7 @@ fn visibility(c: &mut Criterion) {
     let log = EmbeddedLog::open(dir.path(), PARTITIONS).expect("open");
     let backend: Arc<dyn LogBackend> = Arc::new(log);
     let view = rt
-        .block_on(
-            ProjectionRunner::builder(backend.clone())
-                .in_memory(Sales(AggregateEvents::new()))
-                .start(),
-        )
+        .block_on(ProjectionRunner::new(backend.clone()).start_in_memory(Sales))
         .expect("start");
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
     let mut next = 0u64;

@@ -27,21 +27,21 @@
 //!   events before it are kept and the actor stops.
 //! - A failing read is retried with backoff (logged); a failing view store stops the actor.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{EventEnvelope, Offset, Position, StoredRecord};
+use keel::{Offset, Position, StoredRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::apply::{Outcome, apply_record};
 use crate::error::ProjectionError;
 use crate::projection::{PoisonPolicy, Projection};
 use crate::status::{ProjectionState, Shared};
-use crate::view::{Step, ViewStore, apply_atomically};
+use crate::view::store::{Step, ViewStore};
 
-/// How a projection reads and applies; see `ProjectionBuilder` for the defaults.
+/// How a projection reads and applies; see `ProjectionRunner` for the defaults.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) batch_size: usize,
@@ -284,28 +284,13 @@ where
             .store
             .write_batch(self.partition, &self.records, &mut |base, record| {
                 let position = record.position;
-                let aggregate_type = record.key.split('/').next().unwrap_or_default();
-                if !projection.accepts(aggregate_type) {
-                    return Ok(Step::Continue);
-                }
-                let reason = match EventEnvelope::decode(&record.value, &At(record)) {
-                    Err(e) => e.to_string(),
-                    Ok(envelope) => {
-                        let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            apply_atomically(base, |view| {
-                                projection.apply(view, &envelope, position)
-                            })
-                        }));
-                        match applied {
-                            Ok(Ok(Ok(()))) => {
-                                outcome.applied += 1;
-                                return Ok(Step::Continue);
-                            }
-                            Ok(Err(store_failure)) => return Err(store_failure),
-                            Ok(Ok(Err(e))) => error_chain(&e),
-                            Err(panic) => format!("handler panicked: {}", panic_message(&panic)),
-                        }
+                let reason = match apply_record(projection, base, record)? {
+                    Outcome::Applied => {
+                        outcome.applied += 1;
+                        return Ok(Step::Continue);
                     }
+                    Outcome::Passed => return Ok(Step::Continue),
+                    Outcome::Poison(reason) => reason,
                 };
                 match self.policy {
                     PoisonPolicy::Stop => {
@@ -340,40 +325,6 @@ where
             }
         }
         outcome
-    }
-}
-
-/// "aggregate K, partition p, offset o", for decode errors.
-struct At<'a>(&'a StoredRecord);
-
-impl std::fmt::Display for At<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "aggregate {}, partition {}, offset {}",
-            self.0.key, self.0.position.partition, self.0.position.offset
-        )
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".into()
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use keel::{Aggregate, EventEnvelope, LogBackend, Position, aggregate_key, partition_for};
 
+use crate::decode::{AggregateEvents, decode_envelope};
 use crate::error::ProjectionError;
-use crate::projection::AggregateEvents;
 
 /// Reads aggregate histories from a log backend. Cheap to clone.
 #[derive(Clone)]
@@ -92,11 +92,7 @@ impl History {
                 if record.position.offset >= end {
                     break;
                 }
-                let at = format!(
-                    "aggregate {key}, partition {partition}, offset {}",
-                    record.position.offset
-                );
-                let envelope = EventEnvelope::decode(&record.value, &at)?;
+                let envelope = decode_envelope(&record)?;
                 if !keep_going(&envelope) {
                     return Ok(found);
                 }

@@ -1,9 +1,12 @@
 //! keel-projections: the read side of keel.
 //!
-//! A [`Projection`] turns events from the log into a keyed view (`Key → Value`). A projection
-//! actor per projection reads every partition of the events log from its checkpoint and
-//! applies the events in order, in batches; queries go through a typed, cheap-clone
-//! [`ViewHandle`]: get, scan, top-N, read-your-writes ([`ViewHandle::wait_for`]) and lag.
+//! A projection turns events from the log into a keyed view (`Key → Value`). Most follow one
+//! aggregate type and implement [`AggregateProjection`]: they get that type's events decoded
+//! (and upcast), with the aggregate id and the event's [`EventMeta`]; a [`Projection`] sees the
+//! raw stored envelopes of every type. [`ProjectionRunner`] starts either kind: a projection
+//! actor reads every partition of the events log from its checkpoint and applies the events
+//! in order, in batches; queries go through a typed, cheap-clone [`ViewHandle`]: get, scan,
+//! top-N, read-your-writes ([`ViewHandle::wait_for`]) and lag.
 //!
 //! Views are either in memory (rebuilt from the log at every start) or persisted in an embedded
 //! fjall database, where each batch's changes and the checkpoint commit as one atomic write: every event
@@ -48,9 +51,8 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let log = Arc::new(MemoryLog::new(4));
 //! let backend: Arc<dyn LogBackend> = log.clone();
-//! let view = ProjectionRunner::builder(backend)
-//!     .in_memory(EventsPerType)
-//!     .start()
+//! let view = ProjectionRunner::new(backend)
+//!     .start_in_memory(EventsPerType)
 //!     .await?;
 //!
 //! let envelope = EventEnvelope {
@@ -79,18 +81,25 @@
 //!
 //! | file | concept |
 //! |---|---|
-//! | `projection.rs` | [`Projection`] (the seam), [`PoisonPolicy`], [`ApplyError`], [`AggregateEvents`] (typed decoding) |
-//! | `view.rs` | [`ViewMut`] (one event's atomic changes) and the storage seam of views |
+//! | `entry.rs` | [`ViewKey`], [`ViewValue`]: what view entries are made of |
+//! | `decode.rs` | [`AggregateEvents`]: typed decoding and upcasting of envelopes, errors located by aggregate, partition and offset |
+//! | `view.rs` | [`ViewMut`] (one event's atomic changes) |
+//! | `view/store.rs` | the storage seam of views: written by the actor, read by queries |
 //! | `view/memory.rs` | in-memory views (`DashMap`) |
 //! | `view/persisted.rs` | persisted views (fjall; changes and checkpoint in one atomic batch) |
-//! | `actor.rs` | the projection actor and its per-partition reading tasks; ordering guarantees |
-//! | `runner.rs` | [`ProjectionRunner`], [`ProjectionBuilder`] and their defaults |
-//! | `query.rs` | [`ViewHandle`]: queries, `wait_for`, lag |
+//! | `projection.rs` | [`Projection`] (the raw seam), [`PoisonPolicy`], [`ApplyError`] |
+//! | `typed.rs` | [`AggregateProjection`] (the typed seam), [`EventMeta`], [`TypedError`] |
+//! | `apply.rs` | one record through one projection: filter, decode, apply atomically, poison |
 //! | `status.rs` | [`ProjectionStatus`], [`ProjectionState`] |
+//! | `actor.rs` | the projection actor and its per-partition reading tasks; ordering guarantees |
+//! | `query.rs` | [`ViewHandle`]: queries, `wait_for`, lag |
+//! | `runner.rs` | [`ProjectionRunner`]: settings, and starting a view in memory or persisted |
 //! | `rebuild.rs` | [`SwitchableView`]: rebuild a new version beside the old, then switch |
 //! | `replay.rs` | [`replay`]: a projection over given records into an empty view, for checks and tests |
 //! | `history.rs` | [`History`]: an aggregate's events and past states, from the log |
 //! | `error.rs` | [`ProjectionError`] |
+//!
+//! Each file uses only files above it in this table (and `error.rs`).
 //!
 //! # Metrics
 //!
@@ -100,6 +109,9 @@
 //! (counters).
 
 mod actor;
+mod apply;
+mod decode;
+mod entry;
 mod error;
 mod history;
 mod projection;
@@ -108,14 +120,18 @@ mod rebuild;
 mod replay;
 mod runner;
 mod status;
+mod typed;
 mod view;
 
+pub use decode::AggregateEvents;
+pub use entry::{ViewKey, ViewValue};
 pub use error::ProjectionError;
 pub use history::{History, HistoryEntry, StateAt};
-pub use projection::{AggregateEvents, ApplyError, PoisonPolicy, Projection, ViewKey, ViewValue};
+pub use projection::{ApplyError, PoisonPolicy, Projection};
 pub use query::ViewHandle;
 pub use rebuild::SwitchableView;
 pub use replay::replay;
-pub use runner::{ProjectionBuilder, ProjectionRunner, ProjectionStart};
+pub use runner::ProjectionRunner;
 pub use status::{ProjectionState, ProjectionStatus};
+pub use typed::{AggregateProjection, EventMeta, TypedError};
 pub use view::ViewMut;

@@ -1,31 +1,13 @@
-//! The read-side seam: a [`Projection`] turns events into changes of a keyed view, and
-//! [`AggregateEvents`] decodes the events of one [`Aggregate`] type for it.
+//! The read-side seam: a [`Projection`] turns stored events into changes of a keyed view,
+//! and a [`PoisonPolicy`] says what happens to an event it cannot apply.
+//!
+//! Most projections follow one aggregate type and implement
+//! [`AggregateProjection`](crate::AggregateProjection) instead, which gets its events decoded.
 
-use std::fmt::{self, Debug};
-use std::hash::Hash;
-use std::marker::PhantomData;
+use keel::{DecodeError, EventEnvelope, Position};
 
-use keel::{Aggregate, DecodeError, EventEnvelope, Position, Upcasters};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
+use crate::entry::{ViewKey, ViewValue};
 use crate::view::ViewMut;
-
-/// A key of a view. Blanket-implemented; persisted views store it as msgpack.
-pub trait ViewKey:
-    Eq + Hash + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
-{
-}
-impl<T> ViewKey for T where
-    T: Eq + Hash + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
-{
-}
-
-/// A value of a view. Blanket-implemented; persisted views store it as msgpack with named
-/// fields.
-pub trait ViewValue: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static {}
-impl<T> ViewValue for T where T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
-{}
 
 /// A read model: how each event changes a view of `Key → Value` entries.
 ///
@@ -95,88 +77,4 @@ pub enum ApplyError {
     /// The event decoded but cannot be applied to the view (an invariant of the view broke).
     #[error("{0}")]
     Invalid(String),
-}
-
-/// Decodes the events of aggregate type `A` out of envelopes, upcasting old versions.
-///
-/// Build it once (it holds `A`'s upcasters) and keep it in the projection.
-pub struct AggregateEvents<A: Aggregate> {
-    upcasters: Upcasters,
-    aggregate: PhantomData<fn() -> A>,
-}
-
-impl<A: Aggregate> AggregateEvents<A> {
-    /// A decoder with `A::upcasters()`.
-    pub fn new() -> Self {
-        AggregateEvents {
-            upcasters: A::upcasters(),
-            aggregate: PhantomData,
-        }
-    }
-
-    /// Whether `envelope` is an event of `A`.
-    pub fn matches(&self, envelope: &EventEnvelope) -> bool {
-        envelope.aggregate_type == A::TYPE
-    }
-
-    /// The event in `envelope` when it is one of `A`'s, `None` when it belongs to another
-    /// aggregate type, or an error naming the aggregate, partition and offset when its payload
-    /// does not decode.
-    pub fn decode(
-        &self,
-        envelope: &EventEnvelope,
-        position: Position,
-    ) -> Result<Option<A::Event>, DecodeError> {
-        if !self.matches(envelope) {
-            return Ok(None);
-        }
-        let location = EventLocation {
-            aggregate_type: &envelope.aggregate_type,
-            aggregate_id: &envelope.aggregate_id,
-            position,
-        };
-        envelope
-            .decode_event::<A>(&self.upcasters, &location)
-            .map(Some)
-    }
-}
-
-impl<A: Aggregate> Default for AggregateEvents<A> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<A: Aggregate> Clone for AggregateEvents<A> {
-    fn clone(&self) -> Self {
-        AggregateEvents {
-            upcasters: self.upcasters.clone(),
-            aggregate: PhantomData,
-        }
-    }
-}
-
-impl<A: Aggregate> Debug for AggregateEvents<A> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AggregateEvents")
-            .field("aggregate", &A::TYPE)
-            .finish()
-    }
-}
-
-/// Where an event sits, for error messages: "aggregate T/id, partition p, offset o".
-struct EventLocation<'a> {
-    aggregate_type: &'a str,
-    aggregate_id: &'a str,
-    position: Position,
-}
-
-impl fmt::Display for EventLocation<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "aggregate {}/{}, partition {}, offset {}",
-            self.aggregate_type, self.aggregate_id, self.position.partition, self.position.offset
-        )
-    }
 }

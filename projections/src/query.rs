@@ -9,10 +9,10 @@ use keel::Position;
 use ractor::ActorRef;
 
 use crate::actor::ProjectionMsg;
+use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
-use crate::projection::{ViewKey, ViewValue};
 use crate::status::{ProjectionState, ProjectionStatus, Shared};
-use crate::view::ViewReader;
+use crate::view::store::ViewReader;
 
 /// Queries one projection's view and follows its progress.
 ///
@@ -91,7 +91,7 @@ impl<K: ViewKey, V: ViewValue> ViewHandle<K, V> {
         mut filter: impl FnMut(&K, &V) -> bool,
     ) -> Result<Vec<(K, V)>, ProjectionError> {
         let mut found = Vec::new();
-        self.inner.reader.for_each(|k, v| {
+        self.inner.reader.for_each(&mut |k, v| {
             if filter(k, v) {
                 found.push((k.clone(), v.clone()));
             }
@@ -118,7 +118,7 @@ impl<K: ViewKey, V: ViewValue> ViewHandle<K, V> {
         // sequence number keeps the heap from comparing keys or values.
         let mut heap: BinaryHeap<Reverse<(O, usize)>> = BinaryHeap::with_capacity(n + 1);
         let mut kept: Vec<Option<(K, V)>> = Vec::new();
-        self.inner.reader.for_each(|k, v| {
+        self.inner.reader.for_each(&mut |k, v| {
             let rank = by(k, v);
             if heap.len() == n {
                 match heap.peek() {

@@ -10,8 +10,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
-use crate::projection::{ViewKey, ViewValue};
 use crate::query::ViewHandle;
 
 /// A view whose projection can be replaced by a rebuilt version without interrupting queries.

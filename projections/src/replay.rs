@@ -5,13 +5,15 @@ use std::collections::HashMap;
 
 use keel::StoredRecord;
 
+use crate::apply::{Outcome, apply_record};
+use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
 use crate::projection::Projection;
-use crate::view::{ViewBase, apply_atomically};
+use crate::view::store::ViewBase;
 
 struct MapBase<'a, K, V>(&'a mut HashMap<K, V>);
 
-impl<K: crate::ViewKey, V: crate::ViewValue> ViewBase<K, V> for MapBase<'_, K, V> {
+impl<K: ViewKey, V: ViewValue> ViewBase<K, V> for MapBase<'_, K, V> {
     fn load(&self, key: &K) -> Result<Option<V>, ProjectionError> {
         Ok(self.0.get(key).cloned())
     }
@@ -37,26 +39,15 @@ pub fn replay<'r, P: Projection>(
     let label = format!("{}@v{}", projection.name(), projection.version());
     let mut view = HashMap::new();
     for record in records {
-        let position = record.position;
-        let aggregate_type = record.key.split('/').next().unwrap_or_default();
-        if !projection.accepts(aggregate_type) {
-            continue;
-        }
-        let poisoned = |reason: String| ProjectionError::Poisoned {
-            projection: label.clone(),
-            partition: position.partition,
-            offset: position.offset,
-            reason,
-        };
-        let at = format!(
-            "aggregate {}, partition {}, offset {}",
-            record.key, position.partition, position.offset
-        );
-        let envelope =
-            keel::EventEnvelope::decode(&record.value, &at).map_err(|e| poisoned(e.to_string()))?;
         let mut base = MapBase(&mut view);
-        apply_atomically(&mut base, |v| projection.apply(v, &envelope, position))?
-            .map_err(|e| poisoned(e.to_string()))?;
+        if let Outcome::Poison(reason) = apply_record(projection, &mut base, record)? {
+            return Err(ProjectionError::Poisoned {
+                projection: label,
+                partition: record.position.partition,
+                offset: record.position.offset,
+                reason,
+            });
+        }
     }
     Ok(view)
 }

@@ -1,4 +1,5 @@
-//! [`ProjectionRunner`]: starts projections over a log backend and hands back their views.
+//! [`ProjectionRunner`]: the settings of projections over a log backend; starts them and hands
+//! back their views.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,20 +13,33 @@ use crate::error::ProjectionError;
 use crate::projection::{PoisonPolicy, Projection};
 use crate::query::ViewHandle;
 use crate::status::Shared;
-use crate::view::ViewStore;
 use crate::view::memory::MemoryStore;
 use crate::view::persisted::PersistedStore;
+use crate::view::store::ViewStore;
 
-/// The entry point of the read side: `ProjectionRunner::builder(backend)`.
-#[derive(Debug)]
+/// The entry point of the read side: the settings of the projections to start over one log,
+/// and the way to start them.
+///
+/// Cheap to clone; every projection started from it gets the settings it had then.
+#[derive(Clone)]
 pub struct ProjectionRunner {
-    _private: (),
+    backend: Arc<dyn LogBackend>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for ProjectionRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("backend", &self.backend.describe())
+            .field("settings", &self.settings)
+            .finish()
+    }
 }
 
 impl ProjectionRunner {
-    /// A builder of projections reading the events of `backend`.
-    pub fn builder(backend: Arc<dyn LogBackend>) -> ProjectionBuilder {
-        ProjectionBuilder {
+    /// Projections reading the events of `backend`, with the default settings.
+    pub fn new(backend: Arc<dyn LogBackend>) -> Self {
+        ProjectionRunner {
             backend,
             settings: Settings {
                 batch_size: 1024,
@@ -36,25 +50,7 @@ impl ProjectionRunner {
             },
         }
     }
-}
 
-/// Settings of the projections to start. Clone it to start several with the same settings.
-#[derive(Clone)]
-pub struct ProjectionBuilder {
-    backend: Arc<dyn LogBackend>,
-    settings: Settings,
-}
-
-impl std::fmt::Debug for ProjectionBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProjectionBuilder")
-            .field("backend", &self.backend.describe())
-            .field("settings", &self.settings)
-            .finish()
-    }
-}
-
-impl ProjectionBuilder {
     /// The most events read, and applied (one atomic write for a persisted view), at once.
     /// Default = 1024.
     pub fn batch_size(mut self, events: usize) -> Self {
@@ -88,75 +84,35 @@ impl ProjectionBuilder {
         self
     }
 
-    /// A projection into an in-memory view, rebuilt from the start of the log when it starts.
-    pub fn in_memory<P: Projection>(self, projection: P) -> ProjectionStart<P> {
-        ProjectionStart {
-            builder: self,
-            projection,
-            storage: Storage::Memory,
-        }
+    /// Starts `projection` into an in-memory view, rebuilt from the start of the log, and
+    /// returns its view. The view fills in the background: wait on
+    /// [`ViewHandle::caught_up`] or [`ViewHandle::wait_for`] before relying on it.
+    pub async fn start_in_memory<P: Projection>(
+        &self,
+        projection: P,
+    ) -> Result<ViewHandle<P::Key, P::Value>, ProjectionError> {
+        spawn(self, projection, MemoryStore::new()).await
     }
 
-    /// A projection into a view persisted under `dir` (directory `{name}-v{version}`). It
-    /// resumes from its checkpoints; every event is applied exactly once, across crashes.
-    pub fn persisted<P: Projection>(
-        self,
+    /// Starts `projection` into a view persisted under `dir` (directory `{name}-v{version}`)
+    /// and returns its view. It resumes from its checkpoints; every event is applied exactly
+    /// once, across crashes.
+    pub async fn start_persisted<P: Projection>(
+        &self,
         projection: P,
         dir: impl Into<PathBuf>,
-    ) -> ProjectionStart<P> {
-        ProjectionStart {
-            builder: self,
-            projection,
-            storage: Storage::Persisted(dir.into()),
-        }
-    }
-}
-
-enum Storage {
-    Memory,
-    Persisted(PathBuf),
-}
-
-/// One projection, ready to start.
-pub struct ProjectionStart<P> {
-    builder: ProjectionBuilder,
-    projection: P,
-    storage: Storage,
-}
-
-impl<P> std::fmt::Debug for ProjectionStart<P> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProjectionStart")
-            .field("builder", &self.builder)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<P: Projection> ProjectionStart<P> {
-    /// Starts the projection's actor and returns its view. The view fills in the background:
-    /// wait on [`ViewHandle::caught_up`] or [`ViewHandle::wait_for`] before relying on it.
-    pub async fn start(self) -> Result<ViewHandle<P::Key, P::Value>, ProjectionError> {
-        let ProjectionStart {
-            builder,
-            projection,
-            storage,
-        } = self;
-        match storage {
-            Storage::Memory => spawn(builder, projection, MemoryStore::new()).await,
-            Storage::Persisted(dir) => {
-                let (name, version) = (projection.name().to_string(), projection.version());
-                let store =
-                    tokio::task::spawn_blocking(move || PersistedStore::open(&dir, &name, version))
-                        .await
-                        .map_err(|e| ProjectionError::store("opening the view store", e))??;
-                spawn(builder, projection, store).await
-            }
-        }
+    ) -> Result<ViewHandle<P::Key, P::Value>, ProjectionError> {
+        let dir = dir.into();
+        let (name, version) = (projection.name().to_string(), projection.version());
+        let store = tokio::task::spawn_blocking(move || PersistedStore::open(&dir, &name, version))
+            .await
+            .map_err(|e| ProjectionError::store("opening the view store", e))??;
+        spawn(self, projection, store).await
     }
 }
 
 async fn spawn<P, S>(
-    builder: ProjectionBuilder,
+    runner: &ProjectionRunner,
     projection: P,
     store: S,
 ) -> Result<ViewHandle<P::Key, P::Value>, ProjectionError>
@@ -167,7 +123,7 @@ where
     let shared = Arc::new(Shared::new(
         projection.name(),
         projection.version(),
-        builder.backend.clone(),
+        runner.backend.clone(),
     ));
     let store = Arc::new(store);
     let reader = store.reader();
@@ -175,7 +131,7 @@ where
         projection: Arc::new(projection),
         store,
         shared: shared.clone(),
-        settings: builder.settings,
+        settings: runner.settings.clone(),
     };
     let (actor, _join) = Actor::spawn(None, ProjectionActor::<P, S>::new(), args)
         .await

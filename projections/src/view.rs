@@ -7,22 +7,20 @@
 //!   loses either the whole batch or nothing, and an event at or below the checkpoint is
 //!   never applied again.
 //!
-//! Both sit behind [`ViewStore`], the seam the projection actor writes through, and are read
-//! through [`ViewReader`] by query handles.
+//! Both sit behind the seam in [`store`]: `ViewStore`, which the projection actor writes
+//! through, and `ReadView`, which query handles read through.
 //!
 //! A projection changes the view through [`ViewMut`], which buffers one event's changes and
 //! hands them to the store only when `apply` succeeds, so a failing event leaves no trace.
 
-use std::sync::Arc;
-
-use dashmap::DashMap;
-use keel::{Offset, StoredRecord};
-
+use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
-use crate::projection::{ViewKey, ViewValue};
 
 pub(crate) mod memory;
 pub(crate) mod persisted;
+pub(crate) mod store;
+
+use store::ViewBase;
 
 /// The view as one event's `apply` sees it: reads see the event's own earlier writes; the
 /// writes reach the view only if `apply` returns `Ok`.
@@ -100,92 +98,4 @@ pub(crate) fn apply_atomically<K: ViewKey, V: ViewValue, E>(
         }
     }
     Ok(outcome)
-}
-
-/// The view's entries as the store holds them, during one batch.
-pub(crate) trait ViewBase<K, V> {
-    /// The stored entry of `key`.
-    fn load(&self, key: &K) -> Result<Option<V>, ProjectionError>;
-    /// Sets (`Some`) or removes (`None`) the entry of `key`.
-    fn store(&mut self, key: K, value: Option<V>) -> Result<(), ProjectionError>;
-}
-
-/// What the actor's per-record function tells the store.
-pub(crate) enum Step {
-    /// The record is processed (applied, or passed over): move on.
-    Continue,
-    /// Stop before this record; it is not processed.
-    Halt,
-}
-
-/// The per-record function a batch runs: applies one record to the view.
-pub(crate) type ApplyRecord<'f, K, V> =
-    dyn FnMut(&mut dyn ViewBase<K, V>, &StoredRecord) -> Result<Step, ProjectionError> + 'f;
-
-/// The seam between the projection actor and a view's storage.
-pub(crate) trait ViewStore<K: ViewKey, V: ViewValue>: Send + Sync + 'static {
-    /// Whether writing blocks the thread (file I/O, fsync): the actor then writes on the
-    /// blocking pool so it does not stall the async workers.
-    fn blocking(&self) -> bool;
-
-    /// The offset to read next, per partition: one past the checkpoint.
-    fn next_offsets(&self, partitions: u32) -> Result<Vec<Offset>, ProjectionError>;
-
-    /// Runs `apply` on `records` (all of `partition`, in offset order) until it halts, as one
-    /// unit together with the partition's checkpoint. Records at or below the checkpoint are
-    /// passed over without calling `apply`. Returns the partition's next offset afterwards and
-    /// whether `apply` halted.
-    fn write_batch(
-        &self,
-        partition: u32,
-        records: &[StoredRecord],
-        apply: &mut ApplyRecord<'_, K, V>,
-    ) -> Result<(Offset, bool), ProjectionError>;
-
-    /// A reader for queries.
-    fn reader(self: &Arc<Self>) -> ViewReader<K, V>;
-}
-
-/// Read access to a view, for query handles.
-pub(crate) enum ViewReader<K, V> {
-    Memory(Arc<DashMap<K, V>>),
-    Persisted(Arc<persisted::PersistedStore<K, V>>),
-}
-
-impl<K, V> Clone for ViewReader<K, V> {
-    fn clone(&self) -> Self {
-        match self {
-            ViewReader::Memory(map) => ViewReader::Memory(map.clone()),
-            ViewReader::Persisted(store) => ViewReader::Persisted(store.clone()),
-        }
-    }
-}
-
-impl<K: ViewKey, V: ViewValue> ViewReader<K, V> {
-    pub(crate) fn get(&self, key: &K) -> Result<Option<V>, ProjectionError> {
-        match self {
-            ViewReader::Memory(map) => Ok(map.get(key).map(|e| e.value().clone())),
-            ViewReader::Persisted(store) => store.get(key),
-        }
-    }
-
-    /// Visits every entry, in no particular order.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) -> Result<(), ProjectionError> {
-        match self {
-            ViewReader::Memory(map) => {
-                for entry in map.iter() {
-                    f(entry.key(), entry.value());
-                }
-                Ok(())
-            }
-            ViewReader::Persisted(store) => store.for_each(f),
-        }
-    }
-
-    pub(crate) fn len(&self) -> Result<usize, ProjectionError> {
-        match self {
-            ViewReader::Memory(map) => Ok(map.len()),
-            ViewReader::Persisted(store) => store.len(),
-        }
-    }
 }

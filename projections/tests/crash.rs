@@ -48,10 +48,9 @@ fn worker_process() {
     rt.block_on(async {
         let log = EmbeddedLog::open(log_dir(&root), PARTITIONS).expect("open log");
         let backend: Arc<dyn LogBackend> = Arc::new(log);
-        let view = ProjectionRunner::builder(backend.clone())
+        let view = ProjectionRunner::new(backend.clone())
             .batch_size(32)
-            .persisted(Balances::new(), view_dir(&root))
-            .start()
+            .start_persisted(Balances::new(), view_dir(&root))
             .await
             .expect("start");
         view.caught_up(Duration::from_secs(120))
@@ -156,9 +155,8 @@ async fn a_persisted_view_killed_mid_stream_applies_every_event_exactly_once() {
     assert_eq!(records.len() as u64, EVENTS);
     let expected = replay(&Balances::new(), &records).expect("replay");
     let backend: Arc<dyn LogBackend> = Arc::new(log);
-    let view = ProjectionRunner::builder(backend.clone())
-        .persisted(Balances::new(), view_dir(root.path()))
-        .start()
+    let view = ProjectionRunner::new(backend.clone())
+        .start_persisted(Balances::new(), view_dir(root.path()))
         .await
         .expect("reopen view");
     view.caught_up(Duration::from_secs(30))

@@ -68,12 +68,11 @@ proptest! {
             let dir = tempfile::tempdir().expect("tempdir");
             let mut seqs = HashMap::new();
             append_ops(&*log, &mut seqs, &before).await;
-            let builder = ProjectionRunner::builder(backend).batch_size(batch_size);
-            let balances = builder.clone().in_memory(Balances::new()).start().await.expect("start");
-            let totals = builder.clone().in_memory(Totals).start().await.expect("start");
-            let persisted = builder
-                .persisted(Balances::new(), dir.path())
-                .start()
+            let runner = ProjectionRunner::new(backend).batch_size(batch_size);
+            let balances = runner.start_in_memory(Balances::new()).await.expect("start");
+            let totals = runner.start_in_memory(Totals).await.expect("start");
+            let persisted = runner
+                .start_persisted(Balances::new(), dir.path())
                 .await
                 .expect("start");
             append_ops(&*log, &mut seqs, &during).await;
@@ -95,9 +94,8 @@ proptest! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_waiting_on_a_position_sees_that_write() {
     let (log, backend) = memory_log(4);
-    let view = ProjectionRunner::builder(backend)
-        .in_memory(Balances::new())
-        .start()
+    let view = ProjectionRunner::new(backend)
+        .start_in_memory(Balances::new())
         .await
         .expect("start");
     let mut written: HashMap<String, u64> = HashMap::new();
@@ -122,9 +120,8 @@ async fn read_your_writes_through_the_runtime() {
         .start()
         .await
         .expect("runtime");
-    let view = ProjectionRunner::builder(runtime.backend())
-        .in_memory(Balances::new())
-        .start()
+    let view = ProjectionRunner::new(runtime.backend())
+        .start_in_memory(Balances::new())
         .await
         .expect("start");
     let accounts = runtime.aggregate::<Account>();
@@ -151,9 +148,8 @@ async fn read_your_writes_through_the_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_times_out_and_rejects_unknown_partitions() {
     let (_log, backend) = memory_log(2);
-    let view = ProjectionRunner::builder(backend)
-        .in_memory(Balances::new())
-        .start()
+    let view = ProjectionRunner::new(backend)
+        .start_in_memory(Balances::new())
         .await
         .expect("start");
     let far = Position {
@@ -182,18 +178,16 @@ async fn wait_for_times_out_and_rejects_unknown_partitions() {
 async fn a_poison_event_stops_one_projection_and_is_counted_by_another() {
     // One partition, so every event is behind the poison one.
     let (log, backend) = memory_log(1);
-    let builder = ProjectionRunner::builder(backend).lag_interval(Duration::from_millis(20));
-    let stopping = builder
+    let runner = ProjectionRunner::new(backend).lag_interval(Duration::from_millis(20));
+    let stopping = runner
         .clone()
         .poison_policy(PoisonPolicy::Stop)
-        .in_memory(Balances::new())
-        .start()
+        .start_in_memory(Balances::new())
         .await
         .expect("start");
-    let skipping = builder
+    let skipping = runner
         .poison_policy(PoisonPolicy::SkipAndCount)
-        .in_memory(Balances::new())
-        .start()
+        .start_in_memory(Balances::new())
         .await
         .expect("start");
 
@@ -248,15 +242,14 @@ async fn a_poison_event_stops_one_projection_and_is_counted_by_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_errors_and_panics_are_poison_and_leave_no_partial_change() {
     let (log, backend) = memory_log(1);
-    let builder = ProjectionRunner::builder(backend);
-    let skipping = builder
+    let runner = ProjectionRunner::new(backend);
+    let skipping = runner
         .clone()
         .poison_policy(PoisonPolicy::SkipAndCount)
-        .in_memory(Picky)
-        .start()
+        .start_in_memory(Picky)
         .await
         .expect("start");
-    let stopping = builder.in_memory(Picky).start().await.expect("start");
+    let stopping = runner.start_in_memory(Picky).await.expect("start");
 
     append(&*log, "a", 1, &AccountEvent::Deposited { amount: 1 }).await;
     let unlucky = append(&*log, "a", 2, &AccountEvent::Deposited { amount: 13 }).await;
@@ -281,9 +274,8 @@ async fn handler_errors_and_panics_are_poison_and_leave_no_partial_change() {
 
     // A panicking handler is reported the same way.
     let (log, backend) = memory_log(1);
-    let stopping = ProjectionRunner::builder(backend)
-        .in_memory(Picky)
-        .start()
+    let stopping = ProjectionRunner::new(backend)
+        .start_in_memory(Picky)
         .await
         .expect("start");
     let beast = append(&*log, "b", 1, &AccountEvent::Deposited { amount: 666 }).await;
@@ -298,13 +290,8 @@ async fn handler_errors_and_panics_are_poison_and_leave_no_partial_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_is_rebuilt_beside_the_old_one_then_switched_in() {
     let (log, backend) = memory_log(3);
-    let builder = ProjectionRunner::builder(backend);
-    let v1 = builder
-        .clone()
-        .in_memory(Balances::new())
-        .start()
-        .await
-        .expect("v1");
+    let runner = ProjectionRunner::new(backend);
+    let v1 = runner.start_in_memory(Balances::new()).await.expect("v1");
     for seq in 1..=300u64 {
         let id = format!("acc-{}", seq % 10);
         append(&*log, &id, seq, &AccountEvent::Deposited { amount: 2 }).await;
@@ -313,9 +300,8 @@ async fn a_new_version_is_rebuilt_beside_the_old_one_then_switched_in() {
     let served = SwitchableView::new(v1.clone());
 
     // v2 counts ten times as much; it replays from the start while v1 keeps serving.
-    let v2 = builder
-        .in_memory(Balances::v2_scaled(10))
-        .start()
+    let v2 = runner
+        .start_in_memory(Balances::v2_scaled(10))
         .await
         .expect("v2");
     let during = served
@@ -352,7 +338,7 @@ async fn a_new_version_is_rebuilt_beside_the_old_one_then_switched_in() {
 async fn a_persisted_view_reopens_where_it_left_off() {
     let (log, backend) = memory_log(4);
     let dir = tempfile::tempdir().expect("tempdir");
-    let builder = ProjectionRunner::builder(backend).batch_size(64);
+    let runner = ProjectionRunner::new(backend).batch_size(64);
     let mut seq = 0;
     for i in 0..500u64 {
         seq += 1;
@@ -364,10 +350,8 @@ async fn a_persisted_view_reopens_where_it_left_off() {
         )
         .await;
     }
-    let view = builder
-        .clone()
-        .persisted(Balances::new(), dir.path())
-        .start()
+    let view = runner
+        .start_persisted(Balances::new(), dir.path())
         .await
         .expect("start");
     view.caught_up(WAIT).await.expect("caught up");
@@ -377,10 +361,8 @@ async fn a_persisted_view_reopens_where_it_left_off() {
     view.shutdown(WAIT).await.expect("shutdown");
 
     // Reopened: the entries are there before anything is applied, and nothing is applied again.
-    let view = builder
-        .clone()
-        .persisted(Balances::new(), dir.path())
-        .start()
+    let view = runner
+        .start_persisted(Balances::new(), dir.path())
         .await
         .expect("reopen");
     assert_eq!(view.status().next_offsets, offsets);
@@ -409,9 +391,8 @@ async fn a_persisted_view_reopens_where_it_left_off() {
     view.shutdown(WAIT).await.expect("shutdown");
 
     // A rebuilt version gets its own database beside the old one.
-    let v2 = builder
-        .persisted(Balances::v2_scaled(2), dir.path())
-        .start()
+    let v2 = runner
+        .start_persisted(Balances::v2_scaled(2), dir.path())
         .await
         .expect("v2");
     v2.caught_up(WAIT).await.expect("caught up");
@@ -424,16 +405,13 @@ async fn a_persisted_view_reopens_where_it_left_off() {
 async fn queries_scan_and_rank_entries() {
     let (log, backend) = memory_log(2);
     let dir = tempfile::tempdir().expect("tempdir");
-    let builder = ProjectionRunner::builder(backend);
-    let memory = builder
-        .clone()
-        .in_memory(Balances::new())
-        .start()
+    let runner = ProjectionRunner::new(backend);
+    let memory = runner
+        .start_in_memory(Balances::new())
         .await
         .expect("start");
-    let persisted = builder
-        .persisted(Balances::new(), dir.path())
-        .start()
+    let persisted = runner
+        .start_persisted(Balances::new(), dir.path())
         .await
         .expect("start");
     for i in 1..=20i64 {
@@ -506,4 +484,44 @@ async fn history_serves_one_aggregates_events_and_past_states() {
             .expect("none")
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_that_does_not_decode_is_poison_located_by_aggregate_partition_and_offset() {
+    let (log, backend) = memory_log(1);
+    let view = ProjectionRunner::new(backend)
+        .start_in_memory(Balances::new())
+        .await
+        .expect("start");
+    append(&*log, "a", 1, &AccountEvent::Deposited { amount: 5 }).await;
+    let mut bad = support::envelope("a", 2, &AccountEvent::Deposited { amount: 1 });
+    bad.payload = vec![0xc1];
+    let offset = log
+        .append(
+            0,
+            vec![keel::LogRecord {
+                key: bad.key(),
+                value: bad.encode(),
+            }],
+        )
+        .await
+        .expect("append");
+    let err = view
+        .wait_for(
+            Position {
+                partition: 0,
+                offset,
+            },
+            WAIT,
+        )
+        .await
+        .expect_err("poison");
+    match err {
+        ProjectionError::Poisoned { reason, .. } => assert!(
+            reason.contains("aggregate Account/a, partition 0, offset 1"),
+            "{reason}"
+        ),
+        other => panic!("expected Poisoned, got {other}"),
+    }
+    assert_eq!(view.get(&"a".into()).expect("get").expect("a").balance, 5);
 }

@@ -11,15 +11,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{EventEnvelope, KafkaConfig, LogBackend, Position, Runtime};
-use keel_projections::{AggregateEvents, ApplyError, Projection, ProjectionRunner, ViewMut};
+use keel::{KafkaConfig, LogBackend, Runtime};
+use keel_projections::{AggregateProjection, ApplyError, EventMeta, ProjectionRunner, ViewMut};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::{Tally, TallyEvent};
 
 /// The total of every tally, by aggregate id.
 struct Totals;
 
-impl Projection for Totals {
+impl AggregateProjection for Totals {
+    type Aggregate = Tally;
     type Key = String;
     type Value = u64;
     type Error = ApplyError;
@@ -28,21 +29,15 @@ impl Projection for Totals {
         "tally-totals"
     }
 
-    fn accepts(&self, aggregate_type: &str) -> bool {
-        aggregate_type == "Tally"
-    }
-
     fn apply(
         &self,
         view: &mut ViewMut<'_, String, u64>,
-        event: &EventEnvelope,
-        position: Position,
+        id: &str,
+        event: &TallyEvent,
+        _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        if let Some(TallyEvent::Added { amount }) =
-            AggregateEvents::<Tally>::new().decode(event, position)?
-        {
-            view.upsert(event.aggregate_id.clone(), |total| *total += amount);
-        }
+        let TallyEvent::Added { amount } = event;
+        view.upsert(id.to_string(), |total| *total += amount);
         Ok(())
     }
 }
@@ -69,9 +64,8 @@ async fn a_view_over_kafka_reads_its_own_writes_and_equals_the_log() {
         .start()
         .await
         .unwrap();
-    let view = ProjectionRunner::builder(backend)
-        .in_memory(Totals)
-        .start()
+    let view = ProjectionRunner::new(backend)
+        .start_in_memory(Totals)
         .await
         .unwrap();
     let tallies = runtime.aggregate::<Tally>();

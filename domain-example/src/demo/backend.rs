@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use keel::{EmbeddedLog, LogBackend, Runtime};
 
-use super::Storage;
+use super::options::Storage;
 
 /// The application id on Kafka: the topics' prefix and the consumer group's name.
 #[cfg(feature = "kafka")]

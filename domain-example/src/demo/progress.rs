@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::report::count;
-use super::simulation::Counters;
+use super::counters::Counters;
+use super::output::count;
 
 const TICK: Duration = Duration::from_millis(250);
 

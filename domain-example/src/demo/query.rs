@@ -8,8 +8,8 @@ use keel_projections::History;
 use serde::Serialize;
 
 use super::backend;
-use super::report::count;
-use super::{QueryOptions, print_stdout};
+use super::options::QueryOptions;
+use super::output::{count, print_stdout};
 
 #[derive(Debug, Serialize)]
 struct ItemReport {

@@ -9,8 +9,9 @@ use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 use inventory::ReadModels;
 use serde::Serialize;
 
-use super::simulation::Counters;
-use super::{SimulateOptions, print_stdout};
+use super::counters::Counters;
+use super::options::SimulateOptions;
+use super::output::{count, print_stdout};
 
 /// How many rows the alert and top-seller lists show.
 const TOP: usize = 10;
@@ -360,32 +361,6 @@ fn new_table(header: &[&str]) -> Table {
     table
 }
 
-/// `1234567` as `1,234,567`.
-pub(crate) fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::count;
-
-    #[test]
-    fn counts_have_thousands_separators() {
-        assert_eq!(count(0), "0");
-        assert_eq!(count(999), "999");
-        assert_eq!(count(1000), "1,000");
-        assert_eq!(count(1_234_567), "1,234,567");
-    }
 }

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use keel::{Offset, StoredRecord};
 
+use super::store::{ApplyRecord, ReadView, ViewBase, ViewReader, ViewStore, apply_from};
+use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
-use crate::projection::{ViewKey, ViewValue};
-use crate::view::{ApplyRecord, Step, ViewBase, ViewReader, ViewStore};
 
 /// A view held in memory. Queries read the map while the actor writes it; each entry changes
 /// atomically, and the projection's position is published only after a whole batch.
@@ -68,24 +68,28 @@ impl<K: ViewKey, V: ViewValue> ViewStore<K, V> for MemoryStore<K, V> {
         let slot = next_offsets
             .get_mut(partition as usize)
             .ok_or_else(|| ProjectionError::Config(format!("no partition {partition}")))?;
-        let mut base = MapBase(&self.map);
-        let mut halted = false;
-        for record in records {
-            if record.position.offset < *slot {
-                continue;
-            }
-            match apply(&mut base, record)? {
-                Step::Continue => *slot = record.position.offset + 1,
-                Step::Halt => {
-                    halted = true;
-                    break;
-                }
-            }
-        }
+        let halted = apply_from(records, slot, &mut MapBase(&self.map), apply)?;
         Ok((*slot, halted))
     }
 
     fn reader(self: &Arc<Self>) -> ViewReader<K, V> {
-        ViewReader::Memory(self.map.clone())
+        self.map.clone()
+    }
+}
+
+impl<K: ViewKey, V: ViewValue> ReadView<K, V> for DashMap<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>, ProjectionError> {
+        Ok(DashMap::get(self, key).map(|e| e.value().clone()))
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(&K, &V)) -> Result<(), ProjectionError> {
+        for entry in self.iter() {
+            f(entry.key(), entry.value());
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> Result<usize, ProjectionError> {
+        Ok(DashMap::len(self))
     }
 }

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use keel::{DecodeError, Offset, StoredRecord};
 
+use super::store::{ApplyRecord, ReadView, ViewBase, ViewReader, ViewStore, apply_from};
+use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;
-use crate::projection::{ViewKey, ViewValue};
-use crate::view::{ApplyRecord, Step, ViewBase, ViewReader, ViewStore};
 
 /// A view persisted in a fjall database.
 pub(crate) struct PersistedStore<K, V> {
@@ -71,32 +71,6 @@ impl<K: ViewKey, V: ViewValue> PersistedStore<K, V> {
         e: impl std::error::Error + Send + Sync + 'static,
     ) -> ProjectionError {
         ProjectionError::store(format!("{}: {what}", self.path.display()), e)
-    }
-
-    pub(crate) fn get(&self, key: &K) -> Result<Option<V>, ProjectionError> {
-        let found = self
-            .view
-            .get(encode_key(key))
-            .map_err(|e| self.err("get", e))?;
-        found.map(|v| decode_value(&v, &self.path)).transpose()
-    }
-
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) -> Result<(), ProjectionError> {
-        for entry in self.view.iter() {
-            let (k, v) = entry.into_inner().map_err(|e| self.err("scan", e))?;
-            let key: K = rmp_serde::from_slice(&k).map_err(|e| DecodeError {
-                what: "view key".into(),
-                location: self.path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            let value = decode_value(&v, &self.path)?;
-            f(&key, &value);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn len(&self) -> Result<usize, ProjectionError> {
-        self.view.len().map_err(|e| self.err("len", e))
     }
 
     fn checkpoint(&self, partition: u32) -> Result<Option<Offset>, ProjectionError> {
@@ -192,24 +166,10 @@ impl<K: ViewKey, V: ViewValue> ViewStore<K, V> for PersistedStore<K, V> {
             store: self,
             writes: HashMap::new(),
         };
-        let mut halted = false;
-        let mut processed = None;
-        for record in records {
-            if record.position.offset < next {
-                continue;
-            }
-            match apply(&mut overlay, record)? {
-                Step::Continue => {
-                    next = record.position.offset + 1;
-                    processed = Some(record.position.offset);
-                }
-                Step::Halt => {
-                    halted = true;
-                    break;
-                }
-            }
-        }
-        if let Some(last) = processed {
+        let start = next;
+        let halted = apply_from(records, &mut next, &mut overlay, apply)?;
+        if next > start {
+            let last = next - 1;
             let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
             for (key, value) in overlay.writes {
                 match value {
@@ -228,6 +188,34 @@ impl<K: ViewKey, V: ViewValue> ViewStore<K, V> for PersistedStore<K, V> {
     }
 
     fn reader(self: &Arc<Self>) -> ViewReader<K, V> {
-        ViewReader::Persisted(self.clone())
+        self.clone()
+    }
+}
+
+impl<K: ViewKey, V: ViewValue> ReadView<K, V> for PersistedStore<K, V> {
+    fn get(&self, key: &K) -> Result<Option<V>, ProjectionError> {
+        let found = self
+            .view
+            .get(encode_key(key))
+            .map_err(|e| self.err("get", e))?;
+        found.map(|v| decode_value(&v, &self.path)).transpose()
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(&K, &V)) -> Result<(), ProjectionError> {
+        for entry in self.view.iter() {
+            let (k, v) = entry.into_inner().map_err(|e| self.err("scan", e))?;
+            let key: K = rmp_serde::from_slice(&k).map_err(|e| DecodeError {
+                what: "view key".into(),
+                location: self.path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let value = decode_value(&v, &self.path)?;
+            f(&key, &value);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> Result<usize, ProjectionError> {
+        self.view.len().map_err(|e| self.err("len", e))
     }
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use keel::{Aggregate, EventEnvelope, EventLog, LogRecord, Position, aggregate_key, partition_for};
-use keel_projections::{AggregateEvents, ApplyError, Projection, ViewMut};
+use keel_projections::{AggregateProjection, ApplyError, EventMeta, ViewMut};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,7 +60,6 @@ pub struct Balance {
 
 /// Balance per account id. `version` and `scale` let a test build a "v2" with other logic.
 pub struct Balances {
-    pub events: AggregateEvents<Account>,
     pub version: u32,
     pub scale: i64,
 }
@@ -68,22 +67,30 @@ pub struct Balances {
 impl Balances {
     pub fn new() -> Self {
         Balances {
-            events: AggregateEvents::new(),
             version: 1,
             scale: 1,
         }
     }
 
     pub fn v2_scaled(scale: i64) -> Self {
-        Balances {
-            events: AggregateEvents::new(),
-            version: 2,
-            scale,
-        }
+        Balances { version: 2, scale }
     }
 }
 
-impl Projection for Balances {
+/// Adds `event`'s amount, times `scale`, to the entry of `key`.
+fn add(view: &mut ViewMut<'_, String, Balance>, key: String, event: &AccountEvent, scale: i64) {
+    let delta = match event {
+        AccountEvent::Deposited { amount } => *amount,
+        AccountEvent::Withdrawn { amount } => -amount,
+    };
+    view.upsert(key, |b| {
+        b.balance += delta * scale;
+        b.events += 1;
+    });
+}
+
+impl AggregateProjection for Balances {
+    type Aggregate = Account;
     type Key = String;
     type Value = Balance;
     type Error = ApplyError;
@@ -96,27 +103,14 @@ impl Projection for Balances {
         self.version
     }
 
-    fn accepts(&self, aggregate_type: &str) -> bool {
-        aggregate_type == Account::TYPE
-    }
-
     fn apply(
         &self,
         view: &mut ViewMut<'_, String, Balance>,
-        envelope: &EventEnvelope,
-        position: Position,
+        id: &str,
+        event: &AccountEvent,
+        _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        let Some(event) = self.events.decode(envelope, position)? else {
-            return Ok(());
-        };
-        let delta = match event {
-            AccountEvent::Deposited { amount } => amount,
-            AccountEvent::Withdrawn { amount } => -amount,
-        };
-        view.upsert(envelope.aggregate_id.clone(), |b| {
-            b.balance += delta * self.scale;
-            b.events += 1;
-        });
+        add(view, id.to_string(), event, self.scale);
         Ok(())
     }
 }
@@ -124,7 +118,8 @@ impl Projection for Balances {
 /// One entry fed by every partition: the total of all deposits and withdrawals.
 pub struct Totals;
 
-impl Projection for Totals {
+impl AggregateProjection for Totals {
+    type Aggregate = Account;
     type Key = String;
     type Value = Balance;
     type Error = ApplyError;
@@ -136,21 +131,11 @@ impl Projection for Totals {
     fn apply(
         &self,
         view: &mut ViewMut<'_, String, Balance>,
-        envelope: &EventEnvelope,
-        position: Position,
+        _id: &str,
+        event: &AccountEvent,
+        _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        let events = AggregateEvents::<Account>::new();
-        let Some(event) = events.decode(envelope, position)? else {
-            return Ok(());
-        };
-        let delta = match event {
-            AccountEvent::Deposited { amount } => amount,
-            AccountEvent::Withdrawn { amount } => -amount,
-        };
-        view.upsert("all".to_string(), |b| {
-            b.balance += delta;
-            b.events += 1;
-        });
+        add(view, "all".to_string(), event, 1);
         Ok(())
     }
 }
@@ -159,7 +144,8 @@ impl Projection for Totals {
 /// first writing to the view — so a test can check that a failed event leaves no change.
 pub struct Picky;
 
-impl Projection for Picky {
+impl AggregateProjection for Picky {
+    type Aggregate = Account;
     type Key = String;
     type Value = i64;
     type Error = ApplyError;
@@ -171,14 +157,14 @@ impl Projection for Picky {
     fn apply(
         &self,
         view: &mut ViewMut<'_, String, i64>,
-        envelope: &EventEnvelope,
-        position: Position,
+        id: &str,
+        event: &AccountEvent,
+        _meta: &EventMeta<'_>,
     ) -> Result<(), ApplyError> {
-        let events = AggregateEvents::<Account>::new();
-        let Some(AccountEvent::Deposited { amount }) = events.decode(envelope, position)? else {
+        let AccountEvent::Deposited { amount } = *event else {
             return Ok(());
         };
-        view.upsert(envelope.aggregate_id.clone(), |total| *total += amount);
+        view.upsert(id.to_string(), |total| *total += amount);
         view.upsert("touched".to_string(), |n| *n += 1);
         match amount {
             13 => Err(ApplyError::Invalid("13 is unlucky".into())),
