@@ -4,8 +4,9 @@
 //! The parent test writes an `EmbeddedLog`, then runs this same test binary as a worker
 //! process (`worker_process`, selected with `--exact` and told its directory through
 //! `KEEL_PROJECTION_WORKER_DIR`) that projects the log into a persisted view with small
-//! batches. The parent kills it with SIGKILL at varying points, restarts it, and repeats until
-//! a worker reports that it caught up. Each view entry counts the events applied to it, so an
+//! batches, printing how many events it applied as it goes. The parent kills it with SIGKILL
+//! once it has made progress (at a different amount each time, so kills land before, during
+//! and after batch commits), restarts it, and after a few kills lets one catch up. Each view entry counts the events applied to it, so an
 //! event applied twice, or lost, shows as a count that differs from the log's.
 
 mod support;
@@ -53,9 +54,19 @@ fn worker_process() {
             .start_persisted(Balances::new(), view_dir(&root))
             .await
             .expect("start");
+        let progress = {
+            let view = view.clone();
+            tokio::spawn(async move {
+                loop {
+                    println!("APPLIED {}", view.status().applied);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
         view.caught_up(Duration::from_secs(120))
             .await
             .expect("caught up");
+        progress.abort();
         println!("CAUGHT-UP applied={}", view.status().applied);
         view.shutdown(Duration::from_secs(10))
             .await
@@ -96,9 +107,10 @@ async fn a_persisted_view_killed_mid_stream_applies_every_event_exactly_once() {
 
     let mut kills = 0;
     let mut finished = false;
-    // Kill points spread over the replay: early, during and (likely) mid-commit.
-    let delays_ms = [80u64, 150, 230, 310, 400, 520, 650, 800];
-    for attempt in 0..40 {
+    // Kill once this many events were applied in the worker's run (it resumes from its
+    // checkpoint each time); then let one run finish.
+    let kill_after = [300u64, 517, 733, 1021, 1250];
+    for attempt in 0..=kill_after.len() {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -111,36 +123,64 @@ async fn a_persisted_view_killed_mid_stream_applies_every_event_exactly_once() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn worker");
-        let delay = delays_ms.get(attempt).copied();
+        let lines = {
+            let stdout = child.stdout.take().expect("stdout");
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        };
+        let target = kill_after.get(attempt).copied();
         let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break Some(status);
+        let mut output = Vec::new();
+        let killed = loop {
+            let reached = lines.try_iter().fold(false, |reached, line| {
+                let applied = line
+                    .strip_prefix("APPLIED ")
+                    .and_then(|n| n.parse::<u64>().ok());
+                output.push(line);
+                reached || target.is_some_and(|t| applied.is_some_and(|a| a >= t))
+            });
+            if reached && child.try_wait().expect("try_wait").is_none() {
+                // `Child::kill` sends SIGKILL on Unix: no destructor, no flush, no goodbye.
+                child.kill().expect("kill");
+                child.wait().expect("reap");
+                break true;
             }
-            if delay.is_some_and(|d| started.elapsed() >= Duration::from_millis(d)) {
-                break None;
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // What it printed before it ended.
+                std::thread::sleep(Duration::from_millis(50));
+                output.extend(lines.try_iter());
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                }
+                let stdout = output.join("\n");
+                assert!(status.success(), "worker failed: {stdout}\n{stderr}");
+                assert!(
+                    stdout.contains("CAUGHT-UP"),
+                    "worker exited without catching up: {stdout}"
+                );
+                finished = true;
+                break false;
             }
             assert!(started.elapsed() < Duration::from_secs(120), "worker hung");
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            std::thread::sleep(Duration::from_millis(1));
         };
-        match status {
-            None => {
-                // `Child::kill` sends SIGKILL on Unix: no destructor, no flush, no goodbye.
-                child.kill().expect("SIGKILL");
-                child.wait().expect("reap");
-                kills += 1;
-            }
-            Some(status) => {
-                let output = child.wait_with_output().expect("output");
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                assert!(status.success(), "worker failed: {stdout}\n{stderr}");
-                if stdout.contains("CAUGHT-UP") {
-                    finished = true;
-                    break;
-                }
-                panic!("worker exited without catching up: {stdout}");
-            }
+        if killed {
+            kills += 1;
+        }
+        if finished {
+            break;
         }
     }
     assert!(finished, "no worker ever caught up");
