@@ -77,6 +77,7 @@ impl Harness for EmbeddedHarness {
 struct KafkaHarness {
     bootstrap: String,
     prefix: String,
+    transactional: bool,
 }
 
 impl KafkaHarness {
@@ -85,6 +86,7 @@ impl KafkaHarness {
         Some(KafkaHarness {
             bootstrap: kafka_bootstrap(test)?,
             prefix: unique_topic_prefix(test),
+            transactional: false,
         })
     }
 }
@@ -94,10 +96,17 @@ impl Harness for KafkaHarness {
 
     async fn open(&mut self) -> Arc<KafkaLog> {
         let log = KafkaConfig::new(&self.bootstrap)
-            .app_id("keel-conformance")
+            // Transactional ids are "{app_id}-{partition}": one app per case, or the cases
+            // would fence each other.
+            .app_id(if self.transactional {
+                format!("{}-app", self.prefix)
+            } else {
+                "keel-conformance".to_owned()
+            })
             .topic_prefix(&self.prefix)
             .partitions(PARTITIONS)
             .linger(Duration::from_millis(1))
+            .transactional(self.transactional)
             .open()
             .await
             .unwrap_or_else(|e| panic!("open kafka log on {}: {e}", self.bootstrap));
@@ -635,6 +644,7 @@ macro_rules! conformance {
                 }
             )*
         }
+
     };
 }
 
@@ -646,6 +656,34 @@ conformance!(
     read_from_the_middle_respects_max,
     long_poll_waits_then_wakes_on_append,
     events_survive_reopen,
+    snapshots_latest_wins,
+    snapshots_survive_reopen,
+    checkpoints_commit_and_load,
+    checkpoints_survive_reopen,
+);
+
+/// The transactional `KafkaLog` runs the cases that hold whatever the offsets are: every
+/// transaction leaves a commit marker, so its offsets are not dense (the other cases assert
+/// exact offsets; `kafka_transactions.rs` covers the transactional appends and reads).
+macro_rules! conformance_transactional {
+    ($($case:ident),* $(,)?) => {
+        mod kafka_transactional {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let test = concat!("conformance::kafka_transactional::", stringify!($case));
+                    if let Some(mut harness) = super::KafkaHarness::from_env(test) {
+                        harness.transactional = true;
+                        super::run(super::$case(harness)).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance_transactional!(
+    read_from_the_middle_respects_max,
     snapshots_latest_wins,
     snapshots_survive_reopen,
     checkpoints_commit_and_load,
