@@ -106,7 +106,7 @@ impl Default for RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+    pub(crate) fn validate(&self) -> Result<(), crate::error::Error> {
         let positive = [
             ("max_live_actors", self.max_live_actors),
             ("mailbox_capacity", self.mailbox_capacity),
@@ -123,24 +123,28 @@ impl RuntimeConfig {
         ];
         for (name, value) in positive {
             if value == 0 {
-                return Err(crate::Error::Config(format!("{name} must be at least 1")));
+                return Err(crate::error::Error::Config(format!(
+                    "{name} must be at least 1"
+                )));
             }
         }
         if self.idle_timeout.is_zero()
             || self.maintenance_interval.is_zero()
             || self.checkpoint_refresh.is_zero()
         {
-            return Err(crate::Error::Config(
+            return Err(crate::error::Error::Config(
                 "idle_timeout, maintenance_interval and checkpoint_refresh must be positive".into(),
             ));
         }
         if self.max_id_bytes > MAX_ID_BYTES_LIMIT {
-            return Err(crate::Error::Config(format!(
+            return Err(crate::error::Error::Config(format!(
                 "max_id_bytes must be at most {MAX_ID_BYTES_LIMIT}"
             )));
         }
         if self.app_id.is_empty() {
-            return Err(crate::Error::Config("app_id must not be empty".into()));
+            return Err(crate::error::Error::Config(
+                "app_id must not be empty".into(),
+            ));
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
@@ -14,16 +14,20 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info_span, warn};
 
 mod activation;
+mod guard;
+mod live;
+
+use guard::{decode_guarded, panic_message, unwind_to_err};
+pub(crate) use live::AggregateArgs;
+use live::{ActivationFailure, Live, RECENT_OUTCOMES, snapshot};
 
 use crate::aggregate::Aggregate;
-use crate::dedup::{DedupWindow, Remembered, now_ms};
-use crate::envelope::{EventEnvelope, EventEnvelopeRef, SnapshotEnvelope, encode_event};
+use crate::dedup::{Remembered, now_ms};
+use crate::envelope::{EventEnvelope, EventEnvelopeRef, encode_event};
 use crate::error::{CommandError, DecodeError, StorageError, short};
-use crate::log::{LogRecord, Offset, Position, at};
-use crate::metrics::{self as m, CommandMetrics, Outcome};
-use crate::partition::PartitionState;
-use crate::shared::{InFlightPermit, Shared};
-use crate::upcast::Upcasters;
+use crate::log::{LogRecord, Position, at};
+use crate::metrics::Outcome;
+use crate::shared::InFlightPermit;
 
 /// The outcome of a committed command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,16 +80,6 @@ impl<A: Aggregate> AggregateActor<A> {
     }
 }
 
-pub(crate) struct AggregateArgs {
-    pub(crate) key: String,
-    pub(crate) id: String,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) partition: Arc<PartitionState>,
-    pub(crate) queued: Arc<AtomicUsize>,
-    pub(crate) upcasters: Arc<Upcasters>,
-    pub(crate) metrics: Arc<CommandMetrics>,
-}
-
 pub(crate) struct AggregateState<A: Aggregate> {
     args: AggregateArgs,
     phase: Phase<A>,
@@ -100,48 +94,6 @@ enum Phase<A: Aggregate> {
     Failed(ActivationFailure),
     /// The log may be ahead of memory (failed append, panic): stop without snapshotting.
     Poisoned,
-}
-
-#[derive(Clone)]
-enum ActivationFailure {
-    Storage(StorageError),
-    Corrupt(DecodeError),
-}
-
-impl ActivationFailure {
-    fn to_error<E: std::error::Error>(&self, key: &str) -> CommandError<E> {
-        match self {
-            ActivationFailure::Storage(source) => CommandError::Storage {
-                aggregate: short(key).into_owned(),
-                source: source.clone(),
-            },
-            ActivationFailure::Corrupt(source) => CommandError::Corrupt {
-                aggregate: short(key).into_owned(),
-                source: source.clone(),
-            },
-        }
-    }
-}
-
-/// How many recent outcomes a live actor keeps the events of (see `Live::recent_events`).
-const RECENT_OUTCOMES: usize = 32;
-
-struct Live<A: Aggregate> {
-    state: A,
-    seq: u64,
-    last_offset: Option<Offset>,
-    /// Events applied since the last snapshot written (or loaded).
-    unsnapshotted: u64,
-    recent: DedupWindow,
-    /// The events of the last few commands with an id this actor committed, so a retry that
-    /// comes while the actor is live (the usual case: a lost reply) is answered from memory;
-    /// older outcomes are read back from the log.
-    recent_events: std::collections::VecDeque<(String, Vec<A::Event>)>,
-    /// Reused to encode event payloads, so a command does not allocate one per event.
-    scratch: Vec<u8>,
-    /// The state can no longer be trusted (a panic in `apply` after a commit): the actor
-    /// stops without snapshotting and the next activation rebuilds from the log.
-    broken: bool,
 }
 
 impl<A: Aggregate> Actor for AggregateActor<A> {
@@ -284,14 +236,6 @@ fn restarting<E: std::error::Error>(key: &str) -> CommandError<E> {
         aggregate: short(key).into_owned(),
         source: StorageError::Closed("aggregate restarting after a failed command".into()),
     }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into())
 }
 
 async fn execute<A: Aggregate>(
@@ -487,7 +431,10 @@ async fn remembered_outcome<A: Aggregate>(
                 };
                 let envelope = EventEnvelope::decode(&record.value, &location).map_err(corrupt)?;
                 if (first_seq..=done.seq).contains(&envelope.seq) {
-                    events.push(decode_guarded::<A>(&envelope, args, &location).map_err(corrupt)?);
+                    events.push(
+                        decode_guarded::<A>(&envelope, &args.upcasters, &location)
+                            .map_err(corrupt)?,
+                    );
                 }
             }
         }
@@ -512,60 +459,4 @@ async fn remembered_outcome<A: Aggregate>(
         position: done.position,
         deduplicated: true,
     })
-}
-
-/// Decodes (and upcasts) one event; a panic in an upcaster or in `Deserialize` is an error
-/// naming where the event is, like any other undecodable event.
-fn decode_guarded<A: Aggregate>(
-    envelope: &EventEnvelope,
-    args: &AggregateArgs,
-    location: &str,
-) -> Result<A::Event, DecodeError> {
-    let location_display: &dyn std::fmt::Display = &location;
-    catch_unwind(AssertUnwindSafe(|| {
-        envelope.decode_event::<A>(&args.upcasters, location_display)
-    }))
-    .unwrap_or_else(|panic| {
-        Err(DecodeError {
-            what: format!("event {} v{}", envelope.event_type, envelope.event_version),
-            location: location.to_owned(),
-            reason: format!("decoding panicked: {}", panic_message(panic)),
-        })
-    })
-}
-
-/// Runs `f`, turning a panic into an error: for serde code that is the application's.
-fn unwind_to_err<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|panic| Err(format!("{what} panicked: {}", panic_message(panic))))
-}
-
-/// Writes a snapshot of the live state and marks its events covered in the recovery index.
-async fn snapshot<A: Aggregate>(live: &mut Live<A>, args: &AggregateArgs) -> Result<(), String> {
-    let state = unwind_to_err("encoding the state", || {
-        rmp_serde::to_vec_named(&live.state).map_err(|e| e.to_string())
-    })?;
-    let recent = live.recent.encode()?;
-    let envelope = SnapshotEnvelope {
-        seq: live.seq,
-        covered_offset: live.last_offset,
-        state_version: A::STATE_VERSION,
-        state,
-        recent_commands: recent,
-    };
-    args.shared
-        .backend
-        .save_snapshot(
-            args.partition.partition,
-            args.key.clone(),
-            envelope.encode(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(offset) = live.last_offset {
-        args.partition.covered(&args.key, offset);
-    }
-    live.unsnapshotted = 0;
-    metrics::counter!(m::SNAPSHOTS, "aggregate" => A::TYPE).increment(1);
-    Ok(())
 }

@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, StorageError};
 use crate::log::kafka::KafkaLog;
 use crate::runtime::Runtime;
+use crate::shared::GroupMembership;
 
 /// How often the owners of other partitions are looked up again (DescribeGroups).
 const OWNERS_REFRESH: Duration = Duration::from_secs(2);
@@ -71,6 +72,26 @@ const OWNERS_REFRESH: Duration = Duration::from_secs(2);
 pub struct KafkaOwnership {
     pub(crate) log: Arc<KafkaLog>,
     pub(crate) endpoint: String,
+}
+
+impl crate::runtime::RuntimeBuilder {
+    /// Partition ownership through a Kafka consumer group: the runtime runs on the ownership's
+    /// log, takes its app id, starts with no partitions, joins the group on start (the group
+    /// assigns partitions from then on) and leaves it on [`Runtime::shutdown`]. Giving another
+    /// backend, another app id or fixed partitions as well is an error at start.
+    pub fn ownership(self, ownership: KafkaOwnership) -> Self {
+        let backend: Arc<dyn crate::log::LogBackend> = ownership.log.clone();
+        let app_id = ownership.log.config().app_id.clone();
+        self.ownership_plan(crate::runtime::OwnershipPlan {
+            backend,
+            app_id,
+            join: Box::new(move |runtime: &Runtime| {
+                let membership: Box<dyn GroupMembership> =
+                    Box::new(Membership::join(runtime, &ownership)?);
+                Ok(membership)
+            }),
+        })
+    }
 }
 
 impl KafkaOwnership {
@@ -275,6 +296,12 @@ impl Membership {
             // the async workers.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+impl GroupMembership for Membership {
+    fn leave(self: Box<Self>) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(Membership::leave(*self))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::handle::AggregateHandle;
 use crate::log::LogBackend;
 use crate::partition::TailBudget;
 use crate::shard::{Shard, ShardArgs};
-use crate::shared::{ShardMsg, Shared};
+use crate::shared::{GroupMembership, ShardMsg, Shared};
 
 /// The longest [`Aggregate::TYPE`] name accepted, in bytes.
 pub const MAX_TYPE_NAME_BYTES: usize = 255;
@@ -248,12 +248,9 @@ impl Runtime {
 
     /// Leaves the consumer group, when ownership is configured.
     async fn leave_group(&self) {
-        #[cfg(feature = "kafka")]
-        {
-            let membership = lock(&self.shared.membership).take();
-            if let Some(membership) = membership {
-                membership.leave().await;
-            }
+        let membership = lock(&self.shared.membership).take();
+        if let Some(membership) = membership {
+            membership.leave().await;
         }
     }
 
@@ -351,62 +348,65 @@ pub struct RuntimeBuilder {
     config: RuntimeConfig,
     app_id_set: bool,
     owned: Option<Vec<u32>>,
-    #[cfg(feature = "kafka")]
-    ownership: Option<crate::ownership::KafkaOwnership>,
+    ownership: Option<OwnershipPlan>,
+}
+
+/// How a runtime takes part in partition ownership (built by an ownership integration such as
+/// [`KafkaOwnership`](crate::KafkaOwnership)): the log it must run on, the app id it must use,
+/// and how to join once started.
+pub(crate) struct OwnershipPlan {
+    pub(crate) backend: Arc<dyn LogBackend>,
+    pub(crate) app_id: String,
+    #[allow(clippy::type_complexity)]
+    pub(crate) join: Box<dyn FnOnce(&Runtime) -> Result<Box<dyn GroupMembership>, Error> + Send>,
 }
 
 impl RuntimeBuilder {
     /// With ownership configured: checks it against the rest of the configuration and makes
     /// the ownership's log the backend and its app id the runtime's.
-    #[cfg(feature = "kafka")]
-    fn take_ownership(&mut self) -> Result<Option<crate::ownership::KafkaOwnership>, Error> {
-        let Some(ownership) = self.ownership.take() else {
+    fn take_ownership(&mut self) -> Result<Option<OwnershipPlan>, Error> {
+        let Some(plan) = self.ownership.take() else {
             return Ok(None);
         };
-        let log_app = &ownership.log.config().app_id;
-        if self.app_id_set && &self.config.app_id != log_app {
+        if self.app_id_set && self.config.app_id != plan.app_id {
             return Err(Error::Config(format!(
-                "the runtime's app id {:?} differs from its Kafka log's {log_app:?}; with \
-                 ownership the runtime takes the log's (leave RuntimeBuilder::app_id out)",
-                self.config.app_id
+                "the runtime's app id {:?} differs from its log's {:?}; with ownership the \
+                 runtime takes the log's (leave RuntimeBuilder::app_id out)",
+                self.config.app_id, plan.app_id
             )));
         }
-        let log: Arc<dyn LogBackend> = ownership.log.clone();
         if let Some(backend) = &self.backend
-            && !std::ptr::addr_eq(Arc::as_ptr(backend), Arc::as_ptr(&log))
+            && !std::ptr::addr_eq(Arc::as_ptr(backend), Arc::as_ptr(&plan.backend))
         {
             return Err(Error::Config(
-                "a backend other than the ownership's Kafka log was given; with ownership the \
+                "a backend other than the ownership's log was given; with ownership the \
                  runtime runs on the ownership's log (leave RuntimeBuilder::backend out)"
                     .into(),
             ));
         }
         if self.owned.as_ref().is_some_and(|owned| !owned.is_empty()) {
             return Err(Error::Config(
-                "fixed partitions were given together with ownership; the consumer group \
-                 assigns them (leave RuntimeBuilder::owned_partitions out)"
+                "fixed partitions were given together with ownership; the group assigns them \
+                 (leave RuntimeBuilder::owned_partitions out)"
                     .into(),
             ));
         }
-        self.config.app_id = log_app.clone();
-        self.backend = Some(log);
+        self.config.app_id = plan.app_id.clone();
+        self.backend = Some(plan.backend.clone());
         self.owned = Some(Vec::new());
-        Ok(Some(ownership))
+        Ok(Some(plan))
+    }
+
+    /// Sets the ownership plan (see `KafkaOwnership`'s builder method).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub(crate) fn ownership_plan(mut self, plan: OwnershipPlan) -> Self {
+        self.ownership = Some(plan);
+        self
     }
 
     /// The log backend. Required, unless [`RuntimeBuilder::ownership`] names the log.
     pub fn backend(mut self, backend: Arc<dyn LogBackend>) -> Self {
         self.backend = Some(backend);
-        self
-    }
-
-    /// Partition ownership through a Kafka consumer group: the runtime runs on the ownership's
-    /// log, takes its app id, starts with no partitions, joins the group on start (the group
-    /// assigns partitions from then on) and leaves it on [`Runtime::shutdown`]. Giving another
-    /// backend, another app id or fixed partitions as well is an error at start.
-    #[cfg(feature = "kafka")]
-    pub fn ownership(mut self, ownership: crate::ownership::KafkaOwnership) -> Self {
-        self.ownership = Some(ownership);
         self
     }
 
@@ -515,9 +515,7 @@ impl RuntimeBuilder {
     }
 
     /// Starts the runtime: recovers and serves the owned partitions.
-    #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
     pub async fn start(mut self) -> Result<Runtime, Error> {
-        #[cfg(feature = "kafka")]
         let ownership = self.take_ownership()?;
         let backend = self
             .backend
@@ -540,7 +538,6 @@ impl RuntimeBuilder {
             aggregate_types: DashMap::new(),
             owner_of: DashMap::new(),
             tail_budget: Arc::new(TailBudget::new(self.config.tail_cache_bytes)),
-            #[cfg(feature = "kafka")]
             membership: std::sync::Mutex::new(None),
             config: self.config,
             backend,
@@ -548,9 +545,8 @@ impl RuntimeBuilder {
         let runtime = Runtime { shared };
         let owned = self.owned.unwrap_or_else(|| (0..partitions).collect());
         runtime.assign_partitions(&owned).await?;
-        #[cfg(feature = "kafka")]
-        if let Some(ownership) = &ownership {
-            let membership = crate::ownership::Membership::join(&runtime, ownership)?;
+        if let Some(plan) = ownership {
+            let membership = (plan.join)(&runtime)?;
             *lock(&runtime.shared.membership) = Some(membership);
         }
         info!(

@@ -18,12 +18,19 @@ use crate::metrics as m;
 use crate::partition::{PartitionState, TailBudget};
 
 /// State shared by the runtime, its shards, its actors and its handles.
+/// Membership in whatever decides partition ownership (the Kafka consumer group): the runtime
+/// only ever leaves it.
+pub(crate) trait GroupMembership: Send {
+    /// Leaves gracefully: the partitions are revoked (drained, snapshotted, committed) and
+    /// handed to the other members.
+    fn leave(self: Box<Self>) -> futures::future::BoxFuture<'static, ()>;
+}
+
 pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn LogBackend>,
-    /// This instance's consumer-group membership, when ownership is configured; taken (and
-    /// left) by shutdown.
-    #[cfg(feature = "kafka")]
-    pub(crate) membership: std::sync::Mutex<Option<crate::ownership::Membership>>,
+    /// This instance's group membership, when ownership is configured; taken (and left) by
+    /// shutdown.
+    pub(crate) membership: std::sync::Mutex<Option<Box<dyn GroupMembership>>>,
     pub(crate) config: RuntimeConfig,
     pub(crate) partitions: u32,
     /// Live aggregate actors by key: the command path's lock-free lookup.

@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::{
-    ActivationFailure, AggregateArgs, Live, decode_guarded, panic_message, snapshot, unwind_to_err,
-};
+use super::guard::{decode_guarded, panic_message, unwind_to_err};
+use super::live::{ActivationFailure, AggregateArgs, Live, snapshot};
 use crate::aggregate::Aggregate;
 use crate::dedup::{DedupLimits, DedupWindow};
 use crate::envelope::{EventEnvelope, SnapshotEnvelope};
@@ -297,8 +296,8 @@ fn apply_record<A: Aggregate>(
             reason: format!("sequence gap: expected seq {}", live.seq + 1),
         }));
     }
-    let event =
-        decode_guarded::<A>(&envelope, args, &location).map_err(ActivationFailure::Corrupt)?;
+    let event = decode_guarded::<A>(&envelope, &args.upcasters, &location)
+        .map_err(ActivationFailure::Corrupt)?;
     catch_unwind(AssertUnwindSafe(|| live.state.apply(&event))).map_err(|panic| {
         ActivationFailure::Corrupt(DecodeError {
             what: format!("event {} (apply panicked)", envelope.event_type),
