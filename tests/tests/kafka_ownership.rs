@@ -285,3 +285,75 @@ async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_an_abor
     c.runtime.shutdown().await.unwrap();
     drop((a_log, b.log));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_is_configured_once_and_conflicting_settings_are_refused() {
+    let Some(bootstrap) = kafka_bootstrap("kafka_ownership::configured_once") else {
+        return;
+    };
+    let prefix = unique_topic_prefix("configured-once");
+    let app = format!("{prefix}-app");
+    let log = Arc::new(
+        KafkaConfig::new(&bootstrap)
+            .app_id(&app)
+            .topic_prefix(&prefix)
+            .partitions(PARTITIONS)
+            .open()
+            .await
+            .expect("open"),
+    );
+    let ownership = || KafkaOwnership::new(log.clone(), "node-x:7000");
+    let refused = |result: Result<Runtime, keel::Error>, what: &str| match result {
+        Ok(_) => panic!("{what} was accepted"),
+        Err(e) => {
+            assert!(matches!(e, keel::Error::Config(_)), "{what}: {e:?}");
+            e.to_string()
+        }
+    };
+    let text = refused(
+        Runtime::builder()
+            .ownership(ownership())
+            .app_id("another-app")
+            .start()
+            .await,
+        "another app id",
+    );
+    assert!(
+        text.contains("another-app") && text.contains(&app),
+        "{text}"
+    );
+    let other: Arc<dyn keel::LogBackend> = Arc::new(keel::MemoryLog::new(PARTITIONS));
+    refused(
+        Runtime::builder()
+            .backend(other)
+            .ownership(ownership())
+            .start()
+            .await,
+        "another backend",
+    );
+    refused(
+        Runtime::builder()
+            .ownership(ownership())
+            .owned_partitions(vec![0, 1])
+            .start()
+            .await,
+        "fixed partitions",
+    );
+
+    // The same log and app id given again are fine; the group assigns every partition, and
+    // shutdown leaves the group.
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .app_id(&app)
+        .ownership(ownership())
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(runtime.config().app_id, app);
+    eventually("the only member is assigned every partition", || {
+        runtime.owned_partitions().len() == PARTITIONS as usize
+    })
+    .await;
+    runtime.shutdown().await.expect("shutdown");
+    assert!(runtime.owned_partitions().is_empty());
+}
