@@ -35,6 +35,16 @@ pub enum StorageError {
         /// What the backend reported.
         detail: String,
     },
+    /// The partition does not exist in this log (its partition count is `count`).
+    #[error("{context}: no such partition {partition} (the log has {count})")]
+    NoSuchPartition {
+        /// The log (directory, brokers and topic).
+        context: String,
+        /// The partition asked for.
+        partition: u32,
+        /// The log's partition count.
+        count: u32,
+    },
     /// The backend was closed.
     #[error("log backend is closed ({0})")]
     Closed(String),
@@ -124,6 +134,16 @@ pub enum CommandError<E: std::error::Error + 'static> {
         /// The panic message.
         message: String,
     },
+    /// The aggregate's actor cannot take the command right now: it stopped without answering,
+    /// is restarting after a failure, or could not be started. Nothing from this command is
+    /// acknowledged. Retry with the same command id.
+    #[error("aggregate {aggregate} is unavailable: {reason}")]
+    Unavailable {
+        /// The aggregate key.
+        aggregate: String,
+        /// What happened to its actor.
+        reason: String,
+    },
     /// The runtime is shutting down and takes no more commands.
     #[error("runtime is shutting down")]
     ShuttingDown,
@@ -146,6 +166,7 @@ impl<E: std::error::Error + 'static> CommandError<E> {
                 | CommandError::Timeout(..)
                 | CommandError::Storage { .. }
                 | CommandError::Panicked { .. }
+                | CommandError::Unavailable { .. }
         )
     }
 

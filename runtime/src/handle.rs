@@ -117,9 +117,9 @@ impl<A: Aggregate> Request<A> {
 }
 
 fn stopped<E: std::error::Error>(key: &str) -> CommandError<E> {
-    CommandError::Panicked {
+    CommandError::Unavailable {
         aggregate: short(key).into_owned(),
-        message: "the actor stopped without answering".into(),
+        reason: "its actor stopped without answering".into(),
     }
 }
 
@@ -287,9 +287,9 @@ impl<A: Aggregate> AggregateHandle<A> {
                     (request, permit) = Request::from_message(message);
                 }
                 Err(other) => {
-                    return Err(CommandError::Panicked {
+                    return Err(CommandError::Unavailable {
                         aggregate: short(key).into_owned(),
-                        message: format!("cannot deliver the command: {other}"),
+                        reason: format!("the command cannot be delivered to its actor: {other}"),
                     });
                 }
             }
@@ -361,9 +361,9 @@ impl<A: Aggregate> AggregateHandle<A> {
         match answer.await {
             Ok(Ok(entry)) => Ok(entry),
             Ok(Err(ActivateError::ShuttingDown)) | Err(_) => Err(not_serving()),
-            Ok(Err(ActivateError::Spawn(reason))) => Err(CommandError::Panicked {
+            Ok(Err(ActivateError::Spawn(reason))) => Err(CommandError::Unavailable {
                 aggregate: short(key).into_owned(),
-                message: format!("cannot start the actor: {reason}"),
+                reason: format!("its actor cannot be started: {reason}"),
             }),
         }
     }

@@ -232,9 +232,9 @@ fn stop<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, args: &AggregateArgs) 
 }
 
 fn restarting<E: std::error::Error>(key: &str) -> CommandError<E> {
-    CommandError::Storage {
+    CommandError::Unavailable {
         aggregate: short(key).into_owned(),
-        source: StorageError::Closed("aggregate restarting after a failed command".into()),
+        reason: "its actor is restarting after a failed command".into(),
     }
 }
 

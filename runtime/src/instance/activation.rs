@@ -11,7 +11,7 @@ use super::live::{ActivationFailure, AggregateArgs, Live, snapshot};
 use crate::aggregate::Aggregate;
 use crate::dedup::{DedupLimits, DedupWindow};
 use crate::envelope::{EventEnvelope, SnapshotEnvelope};
-use crate::error::{DecodeError, StorageError, short};
+use crate::error::{DecodeError, short};
 use crate::log::{Offset, Position, at};
 use crate::metrics as m;
 use crate::partition::Replay;
@@ -21,10 +21,11 @@ pub(super) async fn activate<A: Aggregate>(
     args: &AggregateArgs,
 ) -> Result<Live<A>, ActivationFailure> {
     let shared = &args.shared;
-    let _permit =
-        shared.activations.acquire().await.map_err(|_| {
-            ActivationFailure::Storage(StorageError::Closed("runtime stopped".into()))
-        })?;
+    let _permit = shared
+        .activations
+        .acquire()
+        .await
+        .map_err(|_| ActivationFailure::ShuttingDown)?;
     let started = Instant::now();
     let span = info_span!(
         "activation",

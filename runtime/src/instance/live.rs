@@ -30,6 +30,8 @@ pub(crate) struct AggregateArgs {
 pub(super) enum ActivationFailure {
     Storage(StorageError),
     Corrupt(DecodeError),
+    /// The runtime stopped while the activation waited for its turn.
+    ShuttingDown,
 }
 
 impl ActivationFailure {
@@ -43,6 +45,7 @@ impl ActivationFailure {
                 aggregate: short(key).into_owned(),
                 source: source.clone(),
             },
+            ActivationFailure::ShuttingDown => CommandError::ShuttingDown,
         }
     }
 }

@@ -140,9 +140,10 @@ impl EmbeddedLog {
     fn end(&self, partition: u32) -> Result<&watch::Sender<Offset>, StorageError> {
         self.ends
             .get(partition as usize)
-            .ok_or_else(|| StorageError::Corrupt {
-                context: format!("{}, partition {partition}", self.dir.display()),
-                detail: format!("no such partition (count {})", self.ends.len()),
+            .ok_or_else(|| StorageError::NoSuchPartition {
+                context: self.dir.display().to_string(),
+                partition,
+                count: self.ends.len() as u32,
             })
     }
 

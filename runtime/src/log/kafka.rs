@@ -275,12 +275,13 @@ impl KafkaLog {
             return Err(StorageError::Closed(self.describe()));
         }
         if partition >= self.config.partitions {
-            return Err(StorageError::Corrupt {
+            return Err(StorageError::NoSuchPartition {
                 context: format!(
-                    "kafka {}: topic {} partition {partition}",
+                    "kafka {}: topic {}",
                     self.config.bootstrap_servers, self.events_topic
                 ),
-                detail: format!("no such partition (count {})", self.config.partitions),
+                partition,
+                count: self.config.partitions,
             });
         }
         Ok(())

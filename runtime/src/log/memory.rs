@@ -80,9 +80,10 @@ impl MemoryLog {
     fn partition(&self, partition: u32) -> Result<&MemoryPartition, StorageError> {
         self.partitions
             .get(partition as usize)
-            .ok_or_else(|| StorageError::Corrupt {
-                context: format!("memory log partition {partition}"),
-                detail: format!("no such partition (count {})", self.partitions.len()),
+            .ok_or_else(|| StorageError::NoSuchPartition {
+                context: "memory log".into(),
+                partition,
+                count: self.partitions.len() as u32,
             })
     }
 }
