@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use keel::{EmbeddedLog, EventLog, LogBackend, LogRecord, MemoryLog, Runtime};
+use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog};
+use keel::{EmbeddedLog, Runtime};
 use keel_benches::Counter;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -168,7 +169,7 @@ fn bench_baselines(c: &mut Criterion) {
                         value: value.clone(),
                     };
                     async move {
-                        let partition = keel::partition_for(&record.key, 8);
+                        let partition = keel::log::partition_for(&record.key, 8);
                         log.append(partition, vec![record]).await.expect("append");
                     }
                 })

@@ -42,10 +42,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use keel::{
-    CommandError, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, LogBackend, Offset, Runtime,
-    SnapshotPolicy, SnapshotStore,
-};
+use keel::log::{EventLog, LogBackend, Offset, SnapshotStore};
+use keel::{CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SnapshotPolicy};
 use keel_benches::Counter;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -272,7 +270,7 @@ fn bench_kafka(c: &mut Criterion, bootstrap: &str, results: &Results) {
                     let value = value.clone();
                     let key = format!("Counter/{}", ids[i]);
                     async move {
-                        let partition = keel::partition_for(&key, partitions);
+                        let partition = keel::log::partition_for(&key, partitions);
                         let record = FutureRecord::to(&topic)
                             .partition(partition as i32)
                             .key(&key)

@@ -24,7 +24,8 @@
 //!
 //! ```
 //! use inventory::{StockCommand, StockItem, StockItemId};
-//! use keel::{MemoryLog, Runtime};
+//! use keel::Runtime;
+//! use keel::log::MemoryLog;
 //! # use std::sync::Arc;
 //! # tokio_test::block_on(async {
 //! let runtime = Runtime::builder().backend(Arc::new(MemoryLog::new(4))).start().await.unwrap();

@@ -10,7 +10,8 @@ use inventory::{
     LowStockAlerts, ReadModels, Sales, SalesKey, SalesTotals, StockCommand, StockItem, StockItemId,
     StockLevel, StockLevels,
 };
-use keel::{AggregateHandle, EmbeddedLog, LogBackend, MemoryLog, Runtime, StoredRecord};
+use keel::log::{LogBackend, MemoryLog, StoredRecord};
+use keel::{AggregateHandle, EmbeddedLog, Runtime};
 use keel_projections::replay;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keel::{
-    Aggregate, EmbeddedLog, EventEnvelope, EventLog, LogBackend, LogRecord, MemoryLog, Position,
-    aggregate_key, partition_for,
-};
+use keel::envelope::EventEnvelope;
+use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog, aggregate_key, partition_for};
+use keel::{Aggregate, EmbeddedLog, Position};
 use keel_projections::{AggregateProjection, ApplyError, EventMeta, ProjectionRunner, ViewMut};
 use serde::{Deserialize, Serialize};
 

@@ -30,7 +30,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{Offset, Position, StoredRecord};
+use keel::Position;
+use keel::log::{Offset, StoredRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;

@@ -6,7 +6,7 @@
 
 use std::panic::AssertUnwindSafe;
 
-use keel::StoredRecord;
+use keel::log::StoredRecord;
 
 use crate::decode::decode_envelope;
 use crate::error::ProjectionError;

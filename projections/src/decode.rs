@@ -4,7 +4,9 @@
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
 
-use keel::{Aggregate, DecodeError, EventEnvelope, Position, StoredRecord, Upcasters};
+use keel::envelope::EventEnvelope;
+use keel::log::StoredRecord;
+use keel::{Aggregate, DecodeError, Position, Upcasters};
 
 /// Decodes the events of aggregate type `A` out of envelopes, upcasting old versions.
 ///

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{DecodeError, Offset, Position, StorageError};
+use keel::log::Offset;
+use keel::{DecodeError, Position, StorageError};
 
 /// Why a projection or a query on its view failed.
 ///

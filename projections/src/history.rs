@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use keel::{Aggregate, EventEnvelope, LogBackend, Position, aggregate_key, partition_for};
+use keel::envelope::EventEnvelope;
+use keel::log::{LogBackend, aggregate_key, partition_for};
+use keel::{Aggregate, Position};
 
 use crate::decode::{AggregateEvents, decode_envelope};
 use crate::error::ProjectionError;

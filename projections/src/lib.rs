@@ -21,7 +21,9 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
-//! use keel::{EventEnvelope, EventLog, LogBackend, LogRecord, MemoryLog, Position};
+//! use keel::Position;
+//! use keel::envelope::EventEnvelope;
+//! use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog};
 //! use keel_projections::{ApplyError, Projection, ProjectionRunner, ViewMut};
 //!
 //! /// Events per aggregate type.

@@ -4,7 +4,8 @@
 //! Most projections follow one aggregate type and implement
 //! [`AggregateProjection`](crate::AggregateProjection) instead, which gets its events decoded.
 
-use keel::{DecodeError, EventEnvelope, Position};
+use keel::envelope::EventEnvelope;
+use keel::{DecodeError, Position};
 
 use crate::entry::{ViewKey, ViewValue};
 use crate::view::ViewMut;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use keel::StoredRecord;
+use keel::log::StoredRecord;
 
 use crate::apply::{Outcome, apply_record};
 use crate::entry::{ViewKey, ViewValue};

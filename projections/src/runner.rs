@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::LogBackend;
+use keel::log::LogBackend;
 use ractor::Actor;
 
 use crate::actor::{ActorArgs, ProjectionActor, Settings};

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use keel::{LogBackend, Offset, Position};
+use keel::Position;
+use keel::log::{LogBackend, Offset};
 use tokio::sync::watch;
 
 use crate::error::ProjectionError;

@@ -10,7 +10,8 @@ use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 
-use keel::{Aggregate, DecodeError, EventEnvelope, Position, Upcasters};
+use keel::envelope::EventEnvelope;
+use keel::{Aggregate, DecodeError, Position, Upcasters};
 
 use crate::decode::decode_with;
 use crate::entry::{ViewKey, ViewValue};

@@ -17,7 +17,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel::{EmbeddedLog, EventLog, LogBackend, LogRecord, aggregate_key, partition_for};
+use keel::EmbeddedLog;
+use keel::log::{EventLog, LogBackend, LogRecord, aggregate_key, partition_for};
 use keel_projections::{ProjectionRunner, replay};
 use support::{Account, AccountEvent, Balances, all_records, envelope};
 

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{EventLog, LogBackend, MemoryLog, Position, Runtime};
+use keel::log::{EventLog, LogBackend, MemoryLog};
+use keel::{Position, Runtime};
 use keel_projections::{
     History, PoisonPolicy, ProjectionError, ProjectionRunner, ProjectionState, SwitchableView,
     replay,
@@ -499,7 +500,7 @@ async fn a_payload_that_does_not_decode_is_poison_located_by_aggregate_partition
     let offset = log
         .append(
             0,
-            vec![keel::LogRecord {
+            vec![keel::log::LogRecord {
                 key: bad.key(),
                 value: bad.encode(),
             }],

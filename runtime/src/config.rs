@@ -172,3 +172,6 @@ impl RuntimeConfig {
             .max(Duration::from_millis(1))
     }
 }
+
+/// The longest [`Aggregate::TYPE`](crate::Aggregate::TYPE) name accepted, in bytes.
+pub const MAX_TYPE_NAME_BYTES: usize = 255;

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `aggregate.rs` | [`Aggregate`]: the domain seam — `handle` decides, `apply` evolves |
 //! | `upcast.rs` | [`Upcasters`]: lifting old event versions to the current one |
-//! | `envelope.rs` | [`EventEnvelope`], [`SnapshotEnvelope`]: the stored formats |
+//! | `envelope.rs` | [`EventEnvelope`](envelope::EventEnvelope), [`SnapshotEnvelope`](envelope::SnapshotEnvelope): the stored formats |
 //! | `testkit.rs` | [`TestFramework`]: given/when/then for aggregates, no runtime |
 //! | `runtime.rs` | [`Runtime`], [`RuntimeBuilder`]: start, ownership, shutdown |
 //! | `config.rs` | [`RuntimeConfig`], [`SnapshotPolicy`]: limits and timers with their defaults |
@@ -22,11 +22,11 @@
 //! | `partition.rs` | the recovery index, tail and checkpoint of one partition |
 //! | `partition/uncovered.rs` | the per-key offsets no snapshot covers yet |
 //! | `dedup.rs` | the command ids an aggregate remembers, by count and by age |
-//! | `log.rs` | the log model and storage seams: [`EventLog`], [`SnapshotStore`], [`CheckpointStore`] |
+//! | `log.rs` | the log model and storage seams: [`EventLog`](log::EventLog), [`SnapshotStore`](log::SnapshotStore), [`CheckpointStore`](log::CheckpointStore) |
 //! | `log/testing.rs` | `Intercept` (feature `test-support`): test backends made of another one |
-//! | `log/memory.rs` | [`MemoryLog`]: for tests |
+//! | `log/memory.rs` | [`MemoryLog`](log::MemoryLog): for tests |
 //! | `log/embedded.rs` | [`EmbeddedLog`]: the durable default, group-committed |
-//! | `log/embedded/builder.rs` | [`EmbeddedLogBuilder`]: options, and opening a directory |
+//! | `log/embedded/builder.rs` | [`EmbeddedLogBuilder`](log::EmbeddedLogBuilder): options, and opening a directory |
 //! | `log/embedded/writer.rs` | the writer thread: group commits and their answers |
 //! | `log/embedded/store.rs` | the fjall keyspaces: partition count, stored ends, reads |
 //! | `log/embedded/segment.rs` | segments: many records in one store value |
@@ -52,9 +52,9 @@
 //! `docs/runtime-semantics.md`.
 
 mod aggregate;
-mod config;
+pub mod config;
 mod dedup;
-mod envelope;
+pub mod envelope;
 mod error;
 mod handle;
 mod instance;
@@ -67,24 +67,19 @@ mod runtime;
 mod shard;
 mod shared;
 mod testkit;
-mod upcast;
+pub mod upcast;
 
 pub use aggregate::Aggregate;
-pub use config::{MAX_ID_BYTES_LIMIT, RuntimeConfig, SnapshotPolicy};
-pub use envelope::{EventEnvelope, SnapshotEnvelope};
+pub use config::{RuntimeConfig, SnapshotPolicy};
 pub use error::{CommandError, DecodeError, Error, StorageError};
 pub use handle::{AggregateHandle, SendOptions};
 pub use instance::Committed;
-pub use log::MemoryLog;
-pub use log::embedded::{EmbeddedLog, EmbeddedLogBuilder};
+pub use log::Position;
+pub use log::embedded::EmbeddedLog;
 #[cfg(feature = "kafka")]
 pub use log::kafka::{KafkaConfig, KafkaLog};
-pub use log::{
-    CheckpointStore, EventLog, LogBackend, LogRecord, Offset, Position, SnapshotStore,
-    StoredRecord, aggregate_key, partition_for,
-};
 #[cfg(feature = "kafka")]
 pub use ownership::KafkaOwnership;
-pub use runtime::{MAX_TYPE_NAME_BYTES, Runtime, RuntimeBuilder};
+pub use runtime::{Runtime, RuntimeBuilder};
 pub use testkit::TestFramework;
-pub use upcast::{UpcastFn, Upcasters};
+pub use upcast::Upcasters;

@@ -2,7 +2,7 @@
 //!
 //! keel stores three things, all Kafka-shaped:
 //! - **events** ([`EventLog`]): key = aggregate key `"{TYPE}/{id}"`, value = an encoded
-//!   [`EventEnvelope`](crate::EventEnvelope). A key always maps to the same partition
+//!   [`EventEnvelope`](crate::envelope::EventEnvelope). A key always maps to the same partition
 //!   ([`partition_for`]), so one aggregate's events are in one partition, in order.
 //! - **snapshots** ([`SnapshotStore`]): the latest snapshot per aggregate key, co-partitioned
 //!   with the events.
@@ -30,6 +30,7 @@ mod memory;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+pub use embedded::EmbeddedLogBuilder;
 pub use memory::MemoryLog;
 
 /// An offset within one partition.

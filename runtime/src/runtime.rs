@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tracing::info;
 
 use crate::aggregate::Aggregate;
-use crate::config::{RuntimeConfig, SnapshotPolicy};
+use crate::config::{MAX_TYPE_NAME_BYTES, RuntimeConfig, SnapshotPolicy};
 use crate::error::Error;
 use crate::handle::AggregateHandle;
 use crate::log::LogBackend;
@@ -20,16 +20,13 @@ use crate::partition::TailBudget;
 use crate::shard::{Shard, ShardArgs};
 use crate::shared::{GroupMembership, ShardMsg, Shared};
 
-/// The longest [`Aggregate::TYPE`] name accepted, in bytes.
-pub const MAX_TYPE_NAME_BYTES: usize = 255;
-
 /// The aggregate runtime. Cheap to clone; every clone drives the same runtime.
 ///
 /// ```no_run
 /// # use std::sync::Arc;
 /// # async fn demo() -> Result<(), keel::Error> {
 /// let runtime = keel::Runtime::builder()
-///     .backend(Arc::new(keel::MemoryLog::new(8)))
+///     .backend(Arc::new(keel::log::MemoryLog::new(8)))
 ///     .start()
 ///     .await?;
 /// // let stock = runtime.aggregate::<StockItem>();

@@ -12,9 +12,8 @@ use std::time::Duration;
 use common::{Account, AccountCommand as Cmd};
 use futures::future::BoxFuture;
 use keel::log::testing::Intercept;
-use keel::{
-    EventLog, LogBackend, MemoryLog, Offset, Runtime, SnapshotPolicy, StorageError, StoredRecord,
-};
+use keel::log::{EventLog, LogBackend, MemoryLog, Offset, StoredRecord};
+use keel::{Runtime, SnapshotPolicy, StorageError};
 
 /// A [`MemoryLog`] that counts the reads of its events.
 struct CountingLog {

@@ -11,7 +11,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::{Account, AccountEvent};
-use keel::{EventEnvelope, SnapshotEnvelope, Upcasters};
+use keel::Upcasters;
+use keel::envelope::{EventEnvelope, SnapshotEnvelope};
 
 fn corpus(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -13,10 +13,11 @@ use std::time::Duration;
 use common::{Account, AccountCommand as Cmd};
 use futures::future::BoxFuture;
 use keel::log::testing::Intercept;
-use keel::{
-    CheckpointStore, CommandError, EmbeddedLog, Error, EventLog, LogBackend, LogRecord, MemoryLog,
-    Offset, Runtime, SendOptions, SnapshotPolicy, SnapshotStore, StorageError, aggregate_key,
+use keel::log::{
+    CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, SnapshotStore,
+    aggregate_key,
 };
+use keel::{CommandError, EmbeddedLog, Error, Runtime, SendOptions, SnapshotPolicy, StorageError};
 
 async fn start(log: Arc<MemoryLog>) -> Runtime {
     Runtime::builder().backend(log).start().await.unwrap()
@@ -302,7 +303,7 @@ async fn a_snapshot_whose_command_window_does_not_decode_is_not_used() {
         .await
         .unwrap()
         .unwrap();
-    let mut snapshot = keel::SnapshotEnvelope::decode(&stored, &"test").unwrap();
+    let mut snapshot = keel::envelope::SnapshotEnvelope::decode(&stored, &"test").unwrap();
     snapshot.recent_commands = vec![0xc1, 0x00];
     log.save_snapshot(0, "Account/a".into(), snapshot.encode())
         .await
@@ -496,7 +497,7 @@ impl keel::Aggregate for Upcasted {
 async fn a_panicking_upcaster_is_corrupt_naming_aggregate_partition_and_offset() {
     let log = Arc::new(MemoryLog::new(1));
     let payload = rmp_serde::to_vec_named(&common::AccountEvent::Deposited { amount: 1 }).unwrap();
-    let envelope = keel::EventEnvelope {
+    let envelope = keel::envelope::EventEnvelope {
         aggregate_type: "Upcasted".into(),
         aggregate_id: "u".into(),
         seq: 1,
@@ -533,7 +534,7 @@ async fn a_panicking_upcaster_is_corrupt_naming_aggregate_partition_and_offset()
 
 fn account_event(id: &str, seq: u64) -> LogRecord {
     let payload = rmp_serde::to_vec_named(&common::AccountEvent::Deposited { amount: 1 }).unwrap();
-    let envelope = keel::EventEnvelope {
+    let envelope = keel::envelope::EventEnvelope {
         aggregate_type: "Account".into(),
         aggregate_id: id.into(),
         seq,

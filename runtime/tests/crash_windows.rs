@@ -11,10 +11,10 @@ use std::time::Duration;
 use common::{Account, AccountCommand as Cmd};
 use futures::future::BoxFuture;
 use keel::log::testing::Intercept;
-use keel::{
-    CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, Runtime, SnapshotStore,
-    StorageError,
+use keel::log::{
+    CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, SnapshotStore,
 };
+use keel::{Runtime, StorageError};
 use tokio::sync::Semaphore;
 
 /// Appends of `slow_key` become durable at once but are acknowledged only when `gate` opens.

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd, replay_from_log};
-use keel::{CommandError, MemoryLog, Runtime, SendOptions, SnapshotPolicy};
+use keel::log::MemoryLog;
+use keel::{CommandError, Runtime, SendOptions, SnapshotPolicy};
 use proptest::prelude::*;
 
 const AGGREGATES: usize = 3;

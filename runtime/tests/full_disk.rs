@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd};
-use keel::{CommandError, EmbeddedLog, EventLog, Runtime, SendOptions};
+use keel::log::EventLog;
+use keel::{CommandError, EmbeddedLog, Runtime, SendOptions};
 
 /// A tmpfs of `size` mounted on `dir`, unmounted when dropped.
 struct Tmpfs<'a>(&'a Path);

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd, replay_from_log};
-use keel::{MemoryLog, Runtime, SnapshotPolicy};
+use keel::log::MemoryLog;
+use keel::{Runtime, SnapshotPolicy};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

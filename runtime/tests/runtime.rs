@@ -10,10 +10,11 @@ use std::time::Duration;
 use common::{
     Account, AccountCommand as Cmd, AccountError, AccountEvent, GatedLog, replay_from_log,
 };
-use keel::{
-    CheckpointStore, CommandError, EventLog, MemoryLog, Runtime, SendOptions, SnapshotEnvelope,
-    SnapshotPolicy, SnapshotStore, aggregate_key, partition_for,
+use keel::envelope::SnapshotEnvelope;
+use keel::log::{
+    CheckpointStore, EventLog, MemoryLog, SnapshotStore, aggregate_key, partition_for,
 };
+use keel::{CommandError, Runtime, SendOptions, SnapshotPolicy};
 
 async fn start(log: Arc<MemoryLog>) -> Runtime {
     Runtime::builder().backend(log).start().await.unwrap()
@@ -386,7 +387,7 @@ async fn a_corrupt_event_is_an_error_naming_the_aggregate_partition_and_offset()
     let log = Arc::new(MemoryLog::new(1));
     log.append(
         0,
-        vec![keel::LogRecord {
+        vec![keel::log::LogRecord {
             key: "Account/bad".into(),
             value: vec![0x93, 0x01],
         }],

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel::{
-    CheckpointStore, EmbeddedLog, EventLog, KafkaConfig, KafkaLog, LogBackend, LogRecord,
-    MemoryLog, Offset, SnapshotStore,
+use keel::log::{
+    CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, SnapshotStore,
 };
+use keel::{EmbeddedLog, KafkaConfig, KafkaLog};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 
 /// Partitions of every log in this suite.
@@ -442,8 +442,8 @@ async fn events_survive_reopen(mut h: impl Harness) {
 
 async fn snapshots_latest_wins(mut h: impl Harness) {
     let log = h.open().await;
-    let key = |id: &str| keel::aggregate_key("Thing", id);
-    let p = |k: &str| keel::partition_for(k, PARTITIONS);
+    let key = |id: &str| keel::log::aggregate_key("Thing", id);
+    let p = |k: &str| keel::log::partition_for(k, PARTITIONS);
     let (k1, k2, k3) = (key("1"), key("2"), key("3"));
     assert_eq!(
         log.load_snapshot(p(&k1), k1.clone()).await.expect("load"),
@@ -489,9 +489,9 @@ async fn snapshots_survive_reopen(mut h: impl Harness) {
     let mut latest = HashMap::new();
     for round in 0..3 {
         for id in 0..6 {
-            let key = keel::aggregate_key("Thing", &id.to_string());
+            let key = keel::log::aggregate_key("Thing", &id.to_string());
             let value = format!("{id}@{round}").into_bytes();
-            let partition = keel::partition_for(&key, PARTITIONS);
+            let partition = keel::log::partition_for(&key, PARTITIONS);
             log.save_snapshot(partition, key.clone(), value.clone())
                 .await
                 .expect("save");
@@ -500,7 +500,7 @@ async fn snapshots_survive_reopen(mut h: impl Harness) {
     }
     let log = h.reopen(log).await;
     for (key, value) in &latest {
-        let partition = keel::partition_for(key, PARTITIONS);
+        let partition = keel::log::partition_for(key, PARTITIONS);
         assert_eq!(
             log.load_snapshot(partition, key.clone())
                 .await

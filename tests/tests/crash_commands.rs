@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use keel::{EmbeddedLog, EventEnvelope, EventLog, Runtime};
+use keel::envelope::EventEnvelope;
+use keel::log::EventLog;
+use keel::{EmbeddedLog, Runtime};
 use keel_tests::tally::Tally;
 
 const KILL_AFTER_ACKS: usize = 1500;

@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use keel::{EmbeddedLog, EventLog};
+use keel::EmbeddedLog;
+use keel::log::EventLog;
 
 const PARTITIONS: u32 = 4;
 /// Kill after this many acknowledged records, or after `LOAD_FOR`, whichever comes first.

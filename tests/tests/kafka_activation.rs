@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use keel::log::testing::Intercept;
-use keel::{
-    EventLog, KafkaConfig, KafkaLog, LogBackend, Offset, Runtime, SnapshotPolicy, StorageError,
-    StoredRecord,
-};
+use keel::log::{EventLog, LogBackend, Offset, StoredRecord};
+use keel::{KafkaConfig, KafkaLog, Runtime, SnapshotPolicy, StorageError};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

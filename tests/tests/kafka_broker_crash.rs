@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel::envelope::EventEnvelope;
+use keel::log::EventLog;
 use keel::{
-    AggregateHandle, CommandError, EventEnvelope, EventLog, KafkaConfig, KafkaLog, Runtime,
-    SendOptions, SnapshotPolicy,
+    AggregateHandle, CommandError, KafkaConfig, KafkaLog, Runtime, SendOptions, SnapshotPolicy,
 };
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;

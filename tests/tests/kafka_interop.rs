@@ -12,10 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{
-    Aggregate, EventEnvelope, EventLog, KafkaConfig, KafkaLog, LogBackend, LogRecord, Runtime,
-    SendOptions, SnapshotEnvelope, SnapshotPolicy, SnapshotStore, Upcasters,
-};
+use keel::envelope::{EventEnvelope, SnapshotEnvelope};
+use keel::log::{EventLog, LogBackend, LogRecord, SnapshotStore};
+use keel::{Aggregate, KafkaConfig, KafkaLog, Runtime, SendOptions, SnapshotPolicy, Upcasters};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -315,7 +314,7 @@ async fn a_python_client_decodes_every_event_and_snapshot_as_keel_reads_them() {
             let first = done.seq + 1 - done.events.len() as u64;
             for (j, event) in done.events.into_iter().enumerate() {
                 acked.insert(
-                    (keel::aggregate_key("Ledger", id), first + j as u64),
+                    (keel::log::aggregate_key("Ledger", id), first + j as u64),
                     (event, command_id.clone()),
                 );
                 n += 1;
@@ -358,7 +357,7 @@ async fn a_python_client_decodes_every_event_and_snapshot_as_keel_reads_them() {
     );
     for (partition, envelope) in &envelopes {
         let key = envelope.key();
-        assert_eq!(*partition, keel::partition_for(&key, PARTITIONS));
+        assert_eq!(*partition, keel::log::partition_for(&key, PARTITIONS));
         let (event, command_id) = acked
             .get(&(key.clone(), envelope.seq))
             .unwrap_or_else(|| panic!("{key} seq {} was never acknowledged", envelope.seq));
@@ -432,8 +431,8 @@ async fn a_python_client_decodes_every_event_and_snapshot_as_keel_reads_them() {
     // Snapshots: the latest of every key is what keel loads.
     assert!(!snapshots.is_empty(), "the shutdown wrote snapshots");
     for id in ids {
-        let key = keel::aggregate_key("Ledger", id);
-        let partition = keel::partition_for(&key, PARTITIONS);
+        let key = keel::log::aggregate_key("Ledger", id);
+        let partition = keel::log::partition_for(&key, PARTITIONS);
         let stored = reader
             .load_snapshot(partition, key.clone())
             .await
@@ -478,8 +477,8 @@ async fn the_python_client_refuses_a_record_that_is_not_an_event_envelope() {
     };
     let prefix = unique_topic_prefix("interop-garbage");
     let log = config(&bootstrap, &prefix).open().await.unwrap();
-    let key = keel::aggregate_key("Ledger", "acc-1");
-    let partition = keel::partition_for(&key, PARTITIONS);
+    let key = keel::log::aggregate_key("Ledger", "acc-1");
+    let partition = keel::log::partition_for(&key, PARTITIONS);
     // A map with every field, but `seq` as a string.
     let mut value = Vec::new();
     rmpv::encode::write_value(

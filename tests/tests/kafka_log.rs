@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use keel::{
-    CheckpointStore, Error, EventLog, KafkaConfig, LogBackend, LogRecord, SnapshotStore,
-    StorageError,
-};
+use keel::log::{CheckpointStore, EventLog, LogBackend, LogRecord, SnapshotStore};
+use keel::{Error, KafkaConfig, StorageError};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -138,7 +136,7 @@ async fn two_instances_share_topics() {
     // Snapshots: the second instance's cache loads what the first wrote, and a refresh picks
     // up writes made after its first load.
     let key = "Thing/1".to_owned();
-    let partition = keel::partition_for(&key, 2);
+    let partition = keel::log::partition_for(&key, 2);
     first
         .save_snapshot(partition, key.clone(), b"v1".to_vec())
         .await

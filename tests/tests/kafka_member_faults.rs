@@ -17,9 +17,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keel::{
-    EventEnvelope, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SnapshotPolicy,
-};
+use keel::envelope::EventEnvelope;
+use keel::log::EventLog;
+use keel::{KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SnapshotPolicy};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
 use keel_tests::tally::Tally;
@@ -362,7 +362,8 @@ async fn a_frozen_member_stops_its_lost_partitions_without_writing_snapshots() {
     // (Those on partitions the woken member got back are its to serve.)
     let survivor_owns = runtime.owned_partitions();
     for (id, last) in &per_aggregate {
-        let partition = keel::partition_for(&keel::aggregate_key("Tally", id), PARTITIONS);
+        let partition =
+            keel::log::partition_for(&keel::log::aggregate_key("Tally", id), PARTITIONS);
         if survivor_owns.contains(&partition) {
             assert_eq!(tallies.query(id, |t| t.total).await.unwrap(), *last, "{id}");
         }

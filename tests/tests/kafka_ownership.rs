@@ -12,7 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{CommandError, EventEnvelope, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
+use keel::envelope::EventEnvelope;
+use keel::log::EventLog;
+use keel::{CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
 use keel_tests::tally::{Tally, send_to_owner as send};
@@ -81,7 +83,7 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
     let on_b = (0..100)
         .map(|i| format!("t{i}"))
         .find(|id| {
-            let p = keel::partition_for(&keel::aggregate_key("Tally", id), PARTITIONS);
+            let p = keel::log::partition_for(&keel::log::aggregate_key("Tally", id), PARTITIONS);
             b.runtime.owned_partitions().contains(&p)
         })
         .unwrap();
@@ -243,7 +245,7 @@ async fn three_instances_split_partitions_and_survive_a_join_a_leave_and_an_abor
     let not_on_c = (0..100)
         .map(|i| format!("t{i}"))
         .find(|id| {
-            let p = keel::partition_for(&keel::aggregate_key("Tally", id), PARTITIONS);
+            let p = keel::log::partition_for(&keel::log::aggregate_key("Tally", id), PARTITIONS);
             a.runtime.owned_partitions().contains(&p)
         })
         .unwrap();
@@ -322,7 +324,7 @@ async fn ownership_is_configured_once_and_conflicting_settings_are_refused() {
         text.contains("another-app") && text.contains(&app),
         "{text}"
     );
-    let other: Arc<dyn keel::LogBackend> = Arc::new(keel::MemoryLog::new(PARTITIONS));
+    let other: Arc<dyn keel::log::LogBackend> = Arc::new(keel::log::MemoryLog::new(PARTITIONS));
     refused(
         Runtime::builder()
             .backend(other)

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{KafkaConfig, LogBackend, Runtime};
+use keel::log::LogBackend;
+use keel::{KafkaConfig, Runtime};
 use keel_projections::{AggregateProjection, ApplyError, EventMeta, ProjectionRunner, ViewMut};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::{Tally, TallyEvent};

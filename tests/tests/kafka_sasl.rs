@@ -14,7 +14,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel::{EventEnvelope, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
+use keel::envelope::EventEnvelope;
+use keel::log::EventLog;
+use keel::{KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
 use keel_tests::tally::send_to_owner;

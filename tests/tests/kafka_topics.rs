@@ -12,10 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{
-    Aggregate, CheckpointStore, Error, EventLog, KafkaConfig, LogRecord, Runtime, SnapshotPolicy,
-    SnapshotStore, StorageError,
-};
+use keel::log::{CheckpointStore, EventLog, LogRecord, SnapshotStore};
+use keel::{Aggregate, Error, KafkaConfig, Runtime, SnapshotPolicy, StorageError};
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -379,7 +377,7 @@ async fn big_aggregates_snapshot_end_to_end_and_one_over_the_limit_still_serves(
         .await
         .expect("open to look");
     let key = |id: &str| format!("Blob/{id}");
-    let partition = |id: &str| keel::partition_for(&key(id), 2);
+    let partition = |id: &str| keel::log::partition_for(&key(id), 2);
     assert!(
         log.load_snapshot(partition("fits"), key("fits"))
             .await

@@ -10,9 +10,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel::envelope::EventEnvelope;
+use keel::log::{EventLog, LogBackend, LogRecord, SnapshotStore, StoredRecord};
 use keel::{
-    CommandError, EventEnvelope, EventLog, KafkaConfig, KafkaLog, KafkaOwnership, LogBackend,
-    LogRecord, Runtime, SendOptions, SnapshotStore, StorageError, StoredRecord,
+    CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SendOptions, StorageError,
 };
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
@@ -209,7 +210,7 @@ async fn a_new_owner_fences_the_old_one() {
     let app = format!("{prefix}-app");
     let partitions = 2;
     let id = "zombie-target";
-    let partition = keel::partition_for(&keel::aggregate_key("Tally", id), partitions);
+    let partition = keel::log::partition_for(&keel::log::aggregate_key("Tally", id), partitions);
 
     // A owns the partition and serves the aggregate.
     let log_a = Arc::new(

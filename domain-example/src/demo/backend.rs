@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use keel::{EmbeddedLog, LogBackend, Runtime};
+use keel::log::LogBackend;
+use keel::{EmbeddedLog, Runtime};
 
 use super::options::Storage;
 

@@ -68,8 +68,8 @@ pub(crate) async fn simulate(options: SimulateOptions) -> anyhow::Result<()> {
         let partitions: Arc<[u32]> = items
             .iter()
             .map(|id| {
-                keel::partition_for(
-                    &keel::aggregate_key(StockItem::TYPE, &id.to_string()),
+                keel::log::partition_for(
+                    &keel::log::aggregate_key(StockItem::TYPE, &id.to_string()),
                     partition_count,
                 )
             })

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use keel::{Offset, StoredRecord};
+use keel::log::{Offset, StoredRecord};
 
 use super::store::{ApplyRecord, ReadView, ViewBase, ViewReader, ViewStore, apply_from};
 use crate::entry::{ViewKey, ViewValue};

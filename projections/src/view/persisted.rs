@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use keel::{DecodeError, Offset, StoredRecord};
+use keel::DecodeError;
+use keel::log::{Offset, StoredRecord};
 
 use super::store::{ApplyRecord, ReadView, ViewBase, ViewReader, ViewStore, apply_from};
 use crate::entry::{ViewKey, ViewValue};

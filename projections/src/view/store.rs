@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use keel::{Offset, StoredRecord};
+use keel::log::{Offset, StoredRecord};
 
 use crate::entry::{ViewKey, ViewValue};
 use crate::error::ProjectionError;

@@ -3,7 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use keel::{Aggregate, EventEnvelope, EventLog, LogRecord, Position, aggregate_key, partition_for};
+use keel::envelope::EventEnvelope;
+use keel::log::{EventLog, LogRecord, aggregate_key, partition_for};
+use keel::{Aggregate, Position};
 use keel_projections::{AggregateProjection, ApplyError, EventMeta, ViewMut};
 use serde::{Deserialize, Serialize};
 
@@ -229,7 +231,7 @@ pub async fn append_garbage(log: &dyn EventLog, id: &str) -> Position {
 }
 
 /// Every record of every partition of `log`, in partition then offset order.
-pub async fn all_records(log: &dyn EventLog) -> Vec<keel::StoredRecord> {
+pub async fn all_records(log: &dyn EventLog) -> Vec<keel::log::StoredRecord> {
     let mut all = Vec::new();
     for partition in 0..log.partition_count() {
         let end = log.end_offset(partition).await.expect("end offset");

@@ -2,7 +2,7 @@
 //!
 //! # Topics
 //! - `{prefix}.events`: the events, keyed by aggregate key, one partition per
-//!   [`partition_for`](crate::partition_for) value.
+//!   [`partition_for`](crate::log::partition_for) value.
 //! - `{prefix}.snapshots`: compacted (`cleanup.policy=compact`), co-partitioned with the events.
 //! - checkpoints are the committed offsets of consumer groups on the events topic.
 //!

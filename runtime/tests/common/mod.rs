@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use keel::log::testing::Intercept;
-use keel::{Aggregate, EventLog, LogBackend, LogRecord, MemoryLog, Offset, StorageError};
+use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog, Offset};
+use keel::{Aggregate, StorageError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -86,7 +87,7 @@ pub fn replay_from_log(log: &MemoryLog, key: &str) -> (Account, u64) {
     let mut state = Account::default();
     let mut seq = 0;
     for record in log.all_records().iter().filter(|r| r.key == key) {
-        let env = keel::EventEnvelope::decode(&record.value, &record.position).unwrap();
+        let env = keel::envelope::EventEnvelope::decode(&record.value, &record.position).unwrap();
         assert_eq!(env.seq, seq + 1, "sequence gap or duplicate in {key}");
         seq = env.seq;
         let event = env

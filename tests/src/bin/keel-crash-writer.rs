@@ -11,7 +11,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{EmbeddedLog, EventLog, LogRecord, partition_for};
+use keel::EmbeddedLog;
+use keel::log::{EventLog, LogRecord, partition_for};
 
 /// A guard against a parent that never kills us.
 const MAX_RUN: Duration = Duration::from_secs(60);

@@ -67,8 +67,8 @@ async fn main() {
     let ids: Vec<String> = (0..10_000)
         .map(|i| format!("k{i}"))
         .filter(|id| {
-            owned.contains(&keel::partition_for(
-                &keel::aggregate_key("Tally", id),
+            owned.contains(&keel::log::partition_for(
+                &keel::log::aggregate_key("Tally", id),
                 partitions,
             ))
         })
