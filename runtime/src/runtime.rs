@@ -45,32 +45,44 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
-    /// The typed command handle of aggregate type `A`.
+    /// The typed command handle of aggregate type `A`. Registers the type if
+    /// [`RuntimeBuilder::register`] did not already.
     ///
     /// # Panics
     /// If another Rust type already registered the same [`Aggregate::TYPE`] name: two types
     /// sharing one key space would corrupt each other's history. If the name is empty,
     /// longer than [`MAX_TYPE_NAME_BYTES`] or contains `/`: keys are `"{TYPE}/{id}"`, so a
-    /// `/` in the name would collide with another type's ids.
+    /// `/` in the name would collide with another type's ids. Register the types on the
+    /// builder to have [`RuntimeBuilder::start`] refuse these instead.
     pub fn aggregate<A: Aggregate>(&self) -> AggregateHandle<A> {
-        assert!(
-            !A::TYPE.is_empty() && A::TYPE.len() <= MAX_TYPE_NAME_BYTES && !A::TYPE.contains('/'),
-            "invalid Aggregate::TYPE {:?}: it must be 1 to {MAX_TYPE_NAME_BYTES} bytes without '/'",
-            crate::error::short(A::TYPE)
-        );
+        self.register::<A>().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Registers aggregate type `A` (once; again is a no-op) and returns its handle.
+    fn register<A: Aggregate>(&self) -> Result<AggregateHandle<A>, Error> {
+        if A::TYPE.is_empty() || A::TYPE.len() > MAX_TYPE_NAME_BYTES || A::TYPE.contains('/') {
+            return Err(Error::Config(format!(
+                "invalid Aggregate::TYPE {:?}: it must be 1 to {MAX_TYPE_NAME_BYTES} bytes \
+                 without '/'",
+                crate::error::short(A::TYPE)
+            )));
+        }
         let id = TypeId::of::<A>();
         let existing = *self.shared.types.entry(A::TYPE).or_insert(id);
-        assert!(
-            existing == id,
-            "two aggregate types are both named {:?}; Aggregate::TYPE must be unique",
-            A::TYPE
-        );
+        if existing != id {
+            return Err(Error::Config(format!(
+                "two aggregate types are both named {:?} ({} and another); Aggregate::TYPE \
+                 must be unique",
+                A::TYPE,
+                std::any::type_name::<A>()
+            )));
+        }
         let handle = AggregateHandle::<A>::new(self.shared.clone());
         self.shared
             .aggregate_types
             .entry(A::TYPE)
             .or_insert_with(|| Arc::new(handle.aggregate_type()));
-        handle
+        Ok(handle)
     }
 
     /// The log backend the runtime writes to.
@@ -346,6 +358,9 @@ pub struct RuntimeBuilder {
     app_id_set: bool,
     owned: Option<Vec<u32>>,
     ownership: Option<OwnershipPlan>,
+    /// Aggregate types to register before any partition is served.
+    #[allow(clippy::type_complexity)]
+    registrations: Vec<Box<dyn FnOnce(&Runtime) -> Result<(), Error> + Send>>,
 }
 
 /// How a runtime takes part in partition ownership (built by an ownership integration such as
@@ -398,6 +413,18 @@ impl RuntimeBuilder {
     #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub(crate) fn ownership_plan(mut self, plan: OwnershipPlan) -> Self {
         self.ownership = Some(plan);
+        self
+    }
+
+    /// Registers aggregate type `A`: [`RuntimeBuilder::start`] fails if its
+    /// [`Aggregate::TYPE`] is invalid or another registered type has the same name, and
+    /// shards can settle `A`'s aggregates after a crash from the start. Registering is
+    /// optional (the first [`Runtime::aggregate`] registers a type too), but a clash then
+    /// panics there.
+    pub fn register<A: Aggregate>(mut self) -> Self {
+        self.registrations.push(Box::new(|runtime: &Runtime| {
+            runtime.register::<A>().map(drop)
+        }));
         self
     }
 
@@ -540,6 +567,9 @@ impl RuntimeBuilder {
             backend,
         });
         let runtime = Runtime { shared };
+        for registration in self.registrations {
+            registration(&runtime)?;
+        }
         let owned = self.owned.unwrap_or_else(|| (0..partitions).collect());
         runtime.assign_partitions(&owned).await?;
         if let Some(plan) = ownership {

@@ -104,6 +104,62 @@ async fn a_type_name_with_a_slash_is_refused_at_registration() {
     let _ = runtime.aggregate::<Slashed>();
 }
 
+/// A second Rust type claiming `Account`'s name.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Impostor;
+
+impl keel::Aggregate for Impostor {
+    const TYPE: &'static str = "Account";
+    type Command = ();
+    type Event = common::AccountEvent;
+    type Error = std::io::Error;
+    fn handle(&self, _: ()) -> Result<Vec<common::AccountEvent>, std::io::Error> {
+        Ok(vec![])
+    }
+    fn apply(&mut self, _: &common::AccountEvent) {}
+}
+
+#[tokio::test]
+async fn types_registered_on_the_builder_are_checked_when_it_starts() {
+    let clash = Runtime::builder()
+        .backend(Arc::new(MemoryLog::new(1)))
+        .register::<Account>()
+        .register::<Impostor>()
+        .start()
+        .await;
+    match clash {
+        Ok(_) => panic!("two types named Account were accepted"),
+        Err(e) => {
+            assert!(matches!(e, Error::Config(_)), "{e:?}");
+            assert!(e.to_string().contains("\"Account\""), "{e}");
+        }
+    }
+    let slashed = Runtime::builder()
+        .backend(Arc::new(MemoryLog::new(1)))
+        .register::<Slashed>()
+        .start()
+        .await;
+    assert!(
+        matches!(&slashed, Err(Error::Config(m)) if m.contains("invalid Aggregate::TYPE")),
+        "{:?}",
+        slashed.err()
+    );
+    // Registering the same type twice is fine, and its handle works.
+    let runtime = Runtime::builder()
+        .backend(Arc::new(MemoryLog::new(1)))
+        .register::<Account>()
+        .register::<Account>()
+        .start()
+        .await
+        .unwrap();
+    runtime
+        .aggregate::<Account>()
+        .send("a", Cmd::Deposit(1))
+        .await
+        .unwrap();
+    runtime.shutdown().await.unwrap();
+}
+
 /// A backend that delegates to another but fails loading the recovery checkpoint of one
 /// partition while told to.
 struct FailingRecovery {

@@ -48,6 +48,7 @@ impl Opened {
         }
         let runtime = Runtime::builder()
             .backend(self.log.clone())
+            .register::<inventory::StockItem>()
             .start()
             .await
             .with_context(|| format!("starting the runtime on {}", self.log.describe()))?;
@@ -65,6 +66,7 @@ async fn start_in_group(log: Arc<keel::KafkaLog>) -> anyhow::Result<(Runtime, Me
     let endpoint = format!("inventory-pid-{}", std::process::id());
     let runtime = Runtime::builder()
         .ownership(keel::KafkaOwnership::new(log.clone(), endpoint))
+        .register::<inventory::StockItem>()
         .start()
         .await
         .with_context(|| {
