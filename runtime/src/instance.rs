@@ -19,7 +19,7 @@ mod live;
 
 use guard::{decode_guarded, panic_message, unwind_to_err};
 pub(crate) use live::AggregateArgs;
-use live::{ActivationFailure, Live, RECENT_OUTCOMES, snapshot};
+use live::{ActivationFailure, Live, RECENT_OUTCOMES, SnapshotError, snapshot};
 
 use crate::aggregate::Aggregate;
 use crate::dedup::{Remembered, now_ms};
@@ -275,6 +275,7 @@ async fn execute<A: Aggregate>(
         // event carries the id, so only a snapshot keeps it across passivation and crashes:
         // written before the answer.
         if let Some(id) = command_id {
+            let id_for_error = id.clone();
             live.recent.remember(Remembered {
                 command_id: id,
                 seq: live.seq,
@@ -283,12 +284,21 @@ async fn execute<A: Aggregate>(
                 position: None,
                 timestamp_ms: now_ms(),
             });
-            if let Err(reason) = snapshot(live, args).await {
+            if let Err(failure) = snapshot(live, args).await {
+                let source = match failure {
+                    SnapshotError::Storage(source) => source,
+                    SnapshotError::Encode(reason) => StorageError::io(
+                        format!(
+                            "writing the snapshot that keeps command id {} of {}",
+                            short(&id_for_error),
+                            short(key)
+                        ),
+                        std::io::Error::other(reason),
+                    ),
+                };
                 return Err(CommandError::Storage {
                     aggregate: short(key).into_owned(),
-                    source: StorageError::Closed(format!(
-                        "the snapshot that keeps the command id failed: {reason}"
-                    )),
+                    source,
                 });
             }
         }

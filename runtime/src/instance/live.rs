@@ -71,15 +71,28 @@ pub(super) struct Live<A: Aggregate> {
     pub(super) broken: bool,
 }
 
+/// Why a snapshot was not written.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SnapshotError {
+    /// The state or the command window did not encode (the application's `Serialize` failed
+    /// or panicked).
+    #[error("cannot encode the snapshot: {0}")]
+    Encode(String),
+    /// The backend did not store it.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// Writes a snapshot of the live state and marks its events covered in the recovery index.
 pub(super) async fn snapshot<A: Aggregate>(
     live: &mut Live<A>,
     args: &AggregateArgs,
-) -> Result<(), String> {
+) -> Result<(), SnapshotError> {
     let state = unwind_to_err("encoding the state", || {
         rmp_serde::to_vec_named(&live.state).map_err(|e| e.to_string())
-    })?;
-    let recent = live.recent.encode()?;
+    })
+    .map_err(SnapshotError::Encode)?;
+    let recent = live.recent.encode().map_err(SnapshotError::Encode)?;
     let envelope = SnapshotEnvelope {
         seq: live.seq,
         covered_offset: live.last_offset,
@@ -94,8 +107,7 @@ pub(super) async fn snapshot<A: Aggregate>(
             args.key.clone(),
             envelope.encode(),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if let Some(offset) = live.last_offset {
         args.partition.covered(&args.key, offset);
     }
