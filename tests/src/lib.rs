@@ -17,3 +17,31 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Every event of `log`, in partition and offset order: each partition read from offset 0 to
+/// its end offset. Panics when a partition stops before its end or a record does not decode.
+pub async fn read_events(log: &dyn keel::log::EventLog) -> Vec<keel::envelope::EventEnvelope> {
+    let mut all = Vec::new();
+    for partition in 0..log.partition_count() {
+        let end = log.end_offset(partition).await.expect("end offset");
+        let mut from = 0;
+        while from < end {
+            let batch = log
+                .read(partition, from, 1000, Duration::from_secs(1))
+                .await
+                .expect("read");
+            assert!(
+                !batch.is_empty(),
+                "partition {partition} stops at {from} before its end {end}"
+            );
+            for r in &batch {
+                all.push(
+                    keel::envelope::EventEnvelope::decode(&r.value, &r.position)
+                        .expect("decodable"),
+                );
+            }
+            from = batch.last().map_or(end, |r| r.position.offset + 1);
+        }
+    }
+    all
+}

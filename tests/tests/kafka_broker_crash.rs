@@ -24,11 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::envelope::EventEnvelope;
-use keel::log::EventLog;
-use keel::{
-    AggregateHandle, CommandError, KafkaConfig, KafkaLog, Runtime, SendOptions, SnapshotPolicy,
-};
+use keel::{AggregateHandle, CommandError, KafkaConfig, Runtime, SendOptions, SnapshotPolicy};
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
 use rdkafka::consumer::Consumer;
@@ -134,30 +130,6 @@ async fn drive(
         n += 1;
     }
     acks
-}
-
-/// Every event of the log, in partition and offset order.
-async fn read_all(log: &KafkaLog) -> Vec<EventEnvelope> {
-    let mut all = Vec::new();
-    for partition in 0..PARTITIONS {
-        let end = log.end_offset(partition).await.expect("end offset");
-        let mut from = 0;
-        while from < end {
-            let batch = log
-                .read(partition, from, 1000, Duration::from_secs(1))
-                .await
-                .expect("read");
-            assert!(
-                !batch.is_empty(),
-                "partition {partition} stops at {from} before its end {end}"
-            );
-            for r in &batch {
-                all.push(EventEnvelope::decode(&r.value, &r.position).expect("decodable"));
-            }
-            from = batch.last().map_or(end, |r| r.position.offset + 1);
-        }
-    }
-    all
 }
 
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -369,7 +341,7 @@ async fn crash_under_load(name: &str, nodes: u32, fault: Fault) {
 
     // The log: every acknowledged command exactly once, at the sequence number it was
     // acknowledged with; no command id twice; every aggregate's sequence dense.
-    let events = read_all(&log).await;
+    let events = keel_tests::read_events(log.as_ref()).await;
     let mut by_command: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
     let mut seqs: HashMap<&str, Vec<u64>> = HashMap::new();
     for env in &events {

@@ -17,8 +17,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keel::envelope::EventEnvelope;
-use keel::log::EventLog;
 use keel::{KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SnapshotPolicy};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
@@ -169,27 +167,11 @@ async fn survivor(bootstrap: &str, prefix: &str, app: &str) -> (Arc<KafkaLog>, R
 /// Every event of the log, by command id.
 async fn events_by_command(log: &KafkaLog) -> HashMap<String, Vec<(String, u64)>> {
     let mut found: HashMap<String, Vec<(String, u64)>> = HashMap::new();
-    for partition in 0..PARTITIONS {
-        let end = log.end_offset(partition).await.unwrap();
-        let mut from = 0;
-        while from < end {
-            let batch = log
-                .read(partition, from, 500, Duration::from_secs(1))
-                .await
-                .unwrap();
-            assert!(
-                !batch.is_empty(),
-                "partition {partition} stops at {from} before {end}"
-            );
-            for r in &batch {
-                let env = EventEnvelope::decode(&r.value, &r.position).unwrap();
-                found
-                    .entry(env.command_id.clone().unwrap_or_default())
-                    .or_default()
-                    .push((env.aggregate_id.clone(), env.seq));
-            }
-            from = batch.last().unwrap().position.offset + 1;
-        }
+    for env in keel_tests::read_events(log).await {
+        found
+            .entry(env.command_id.clone().unwrap_or_default())
+            .or_default()
+            .push((env.aggregate_id, env.seq));
     }
     found
 }

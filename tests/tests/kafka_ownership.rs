@@ -12,8 +12,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::envelope::EventEnvelope;
-use keel::log::EventLog;
 use keel::{CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
@@ -145,29 +143,11 @@ async fn two_instances_share_partitions_and_one_takes_over_when_the_other_leaves
 async fn assert_exactly_once(log: &KafkaLog, acked: &[(String, String, u64)]) {
     let mut by_command: HashMap<String, usize> = HashMap::new();
     let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
-    for partition in 0..PARTITIONS {
-        let end = log.end_offset(partition).await.unwrap();
-        let mut from = 0;
-        while from < end {
-            let batch = log
-                .read(partition, from, 500, Duration::from_secs(1))
-                .await
-                .unwrap();
-            assert!(
-                !batch.is_empty(),
-                "partition {partition} stops at {from} before {end}"
-            );
-            for r in &batch {
-                let env = EventEnvelope::decode(&r.value, &r.position).unwrap();
-                *by_command
-                    .entry(env.command_id.clone().unwrap_or_default())
-                    .or_default() += 1;
-                seqs.entry(env.aggregate_id.clone())
-                    .or_default()
-                    .push(env.seq);
-            }
-            from = batch.last().unwrap().position.offset + 1;
-        }
+    for env in keel_tests::read_events(log).await {
+        *by_command
+            .entry(env.command_id.clone().unwrap_or_default())
+            .or_default() += 1;
+        seqs.entry(env.aggregate_id).or_default().push(env.seq);
     }
     for (command_id, id, seq) in acked {
         assert_eq!(
