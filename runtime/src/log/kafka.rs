@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::error::{Error, StorageError};
@@ -270,6 +271,32 @@ impl KafkaLog {
         context
     }
 
+    /// Runs a Kafka request, again (pausing a little longer each time) while `passes` says its
+    /// error is one that goes away by itself — a coordinator or partition leader not known
+    /// yet — up to the request timeout.
+    pub(super) async fn retrying<T, F, Fut>(
+        &self,
+        passes: fn(&KafkaError) -> bool,
+        mut request: F,
+    ) -> Result<T, KafkaError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, KafkaError>, KafkaError>>,
+    {
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match request().await.and_then(|r| r) {
+                Err(e) if passes(&e) && Instant::now() + pause < deadline => {
+                    tracing::debug!(error = %e, "kafka request: retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn check_partition(&self, partition: u32) -> Result<(), StorageError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed(self.describe()));
@@ -411,4 +438,10 @@ impl LogBackend for KafkaLog {
                 .map_err(|e| StorageError::io(format!("{}: flushing", self.describe()), e))
         })
     }
+}
+
+/// A blocking Kafka call whose task did not finish (it panicked or was cancelled).
+fn join_failed(e: tokio::task::JoinError) -> KafkaError {
+    tracing::error!(error = %e, "a blocking kafka call did not finish");
+    KafkaError::Canceled
 }

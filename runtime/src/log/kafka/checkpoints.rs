@@ -2,7 +2,6 @@
 //! topic, committed and fetched through the group coordinator, outside the transactions.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use rdkafka::TopicPartitionList;
@@ -10,8 +9,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::KafkaLog;
 use super::clients::base_client_config;
+use super::{KafkaLog, join_failed};
 use crate::error::StorageError;
 use crate::log::{CheckpointStore, Offset};
 
@@ -39,7 +38,7 @@ impl CheckpointStore for KafkaLog {
             wanted.add_partition(&self.events_topic, partition as i32);
             let timeout = self.config.request_timeout;
             let committed = self
-                .with_coordinator(|| {
+                .retrying(coordinator_unready, || {
                     let consumer = consumer.clone();
                     let wanted = wanted.clone();
                     async move {
@@ -94,7 +93,7 @@ impl CheckpointStore for KafkaLog {
                     rdkafka::Offset::Offset(offset as i64),
                 )
                 .map_err(|e| StorageError::io(context(), e))?;
-            self.with_coordinator(|| {
+            self.retrying(coordinator_unready, || {
                 let consumer = consumer.clone();
                 let commit = commit.clone();
                 async move {
@@ -111,28 +110,6 @@ impl CheckpointStore for KafkaLog {
 }
 
 impl KafkaLog {
-    /// Runs a group coordinator request, again while the coordinator is moving or loading (a
-    /// fresh cluster creates its offsets topic on the first group request; a rebalance of
-    /// that topic moves coordinators), up to the request timeout.
-    async fn with_coordinator<T, F, Fut>(&self, mut request: F) -> Result<T, KafkaError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Result<T, KafkaError>, KafkaError>>,
-    {
-        let deadline = Instant::now() + self.config.request_timeout;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match request().await.and_then(|r| r) {
-                Err(e) if coordinator_unready(&e) && Instant::now() + pause < deadline => {
-                    tracing::debug!(error = %e, "kafka group coordinator not ready; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// The consumer that commits and fetches offsets of `group`.
     fn group_consumer(&self, group: &str) -> Result<Arc<BaseConsumer>, StorageError> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
@@ -159,7 +136,8 @@ impl KafkaLog {
     }
 }
 
-/// Whether `e` says the group coordinator is not there yet (moving, loading, not elected).
+/// Whether `e` says the group coordinator is not there yet: a fresh cluster creates its offsets
+/// topic on the first group request, and a rebalance of that topic moves coordinators.
 fn coordinator_unready(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
@@ -169,10 +147,4 @@ fn coordinator_unready(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::CoordinatorLoadInProgress
         )
     )
-}
-
-/// A blocking Kafka call whose task did not finish (it panicked or was cancelled).
-fn join_failed(e: tokio::task::JoinError) -> KafkaError {
-    tracing::error!(error = %e, "a blocking kafka call did not finish");
-    KafkaError::Canceled
 }

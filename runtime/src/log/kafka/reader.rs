@@ -19,7 +19,7 @@ use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, TopicPartitionList};
 
-use super::KafkaLog;
+use super::{KafkaLog, join_failed};
 use crate::error::StorageError;
 use crate::log::{Offset, Position, StoredRecord};
 
@@ -335,33 +335,30 @@ impl KafkaLog {
     ) -> BoxFuture<'a, Result<Offset, StorageError>> {
         Box::pin(async move {
             let timeout = self.config.request_timeout;
-            let context = || self.at("fetching the end offset of", topic, partition, None);
-            let deadline = std::time::Instant::now() + timeout;
-            let mut pause = Duration::from_millis(20);
-            loop {
-                let producer = self.producer();
-                let lookup = topic.to_owned();
-                let answer = tokio::task::spawn_blocking(move || {
-                    producer
-                        .client()
-                        .fetch_watermarks(&lookup, partition as i32, timeout)
+            // A partition just created, or whose leader just moved, has no leader known to
+            // this client yet: asked again shortly.
+            let (_low, high) = self
+                .retrying(leader_unknown, || {
+                    let producer = self.producer();
+                    let lookup = topic.to_owned();
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            producer
+                                .client()
+                                .fetch_watermarks(&lookup, partition as i32, timeout)
+                        })
+                        .await
+                        .map_err(join_failed)
+                    }
                 })
                 .await
-                .map_err(|e| StorageError::io(context(), e))?;
-                match answer {
-                    Ok((_low, high)) => return Ok(high.max(0) as Offset),
-                    // A partition just created, or whose leader just moved, has no leader
-                    // known to this client yet: ask again shortly.
-                    Err(e)
-                        if leader_unknown(&e) && std::time::Instant::now() + pause < deadline =>
-                    {
-                        tracing::debug!(at = %context(), error = %e, "no partition leader yet; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(500));
-                    }
-                    Err(e) => return Err(StorageError::io(context(), e)),
-                }
-            }
+                .map_err(|e| {
+                    StorageError::io(
+                        self.at("fetching the end offset of", topic, partition, None),
+                        e,
+                    )
+                })?;
+            Ok(high.max(0) as Offset)
         })
     }
 
