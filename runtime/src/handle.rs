@@ -111,7 +111,9 @@ impl<A: Aggregate> Request<A> {
                 _permit,
             ),
             AggregateMsg::Query { query, _permit } => (Request::Query(query), _permit),
-            AggregateMsg::Compact => unreachable!("only shards send Compact, never a handle"),
+            AggregateMsg::Compact | AggregateMsg::Flush => {
+                unreachable!("only shards and the actor itself send these, never a handle")
+            }
         }
     }
 }

@@ -1,31 +1,30 @@
 //! The aggregate actor: one per live aggregate instance. It activates (snapshot + the events
-//! after it), then serves commands one at a time: decide, append and await durability,
-//! evolve, reply. It is stopped by draining (see [`crate::shard`]), which lets every command
-//! already in its mailbox finish, and snapshots on the way out. Activation is in
+//! after it), then serves commands one at a time: decide, evolve, append and await
+//! durability, reply. Commands that queue up while it works are taken together and run as one
+//! batch (`instance/execute.rs`): still decided one at a time, in order, but appended as one
+//! unit. It is stopped by draining (see [`crate::shard`]), which lets every command already in
+//! its mailbox finish, and snapshots on the way out. Activation is in
 //! `instance/activation.rs`.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, info_span, warn};
 
 mod activation;
+mod execute;
 mod guard;
 mod live;
 
-use guard::{decode_guarded, panic_message, unwind_to_err};
+use execute::execute_batch;
 pub(crate) use live::AggregateArgs;
-use live::{ActivationFailure, Live, RECENT_OUTCOMES, SnapshotError, snapshot};
+use live::{ActivationFailure, Live, snapshot};
 
 use crate::aggregate::Aggregate;
-use crate::dedup::{Remembered, now_ms};
-use crate::envelope::{EventEnvelope, EventEnvelopeRef, encode_event};
-use crate::error::{CommandError, DecodeError, StorageError, short};
-use crate::log::{LogRecord, Position, at};
+use crate::error::{CommandError, short};
+use crate::log::Position;
 use crate::metrics::Outcome;
 use crate::shared::InFlightPermit;
 
@@ -65,6 +64,9 @@ pub(crate) enum AggregateMsg<A: Aggregate> {
     /// Loads, snapshots if anything is uncovered, and passivates: sent by the shard to
     /// aggregates that hold the partition's checkpoint back (after a crash).
     Compact,
+    /// Runs the commands buffered so far as one batch: sent by the actor to itself when it
+    /// buffers a command, so it arrives after every message already in the mailbox.
+    Flush,
     /// Runs a read-only function on the state, in line with the commands.
     Query {
         query: QueryFn<A>,
@@ -83,6 +85,19 @@ impl<A: Aggregate> AggregateActor<A> {
 pub(crate) struct AggregateState<A: Aggregate> {
     args: AggregateArgs,
     phase: Phase<A>,
+    /// Commands taken from the mailbox and not yet run: the next batch.
+    pending: Vec<Pending<A>>,
+    /// A `Flush` is in the mailbox.
+    flush_queued: bool,
+}
+
+/// A command waiting for its batch, with what answering it needs.
+struct Pending<A: Aggregate> {
+    command: A::Command,
+    command_id: Option<String>,
+    reply: Reply<A>,
+    /// The runtime-wide in-flight permit, held until the command has been answered.
+    _permit: InFlightPermit,
 }
 
 enum Phase<A: Aggregate> {
@@ -109,6 +124,8 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         Ok(AggregateState {
             args,
             phase: Phase::Unloaded,
+            pending: Vec::new(),
+            flush_queued: false,
         })
     }
 
@@ -130,15 +147,29 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 }
             };
         }
-        // The in-flight permit is held until the command has been answered.
-        let (command, command_id, reply, _in_flight) = match message {
+        match message {
             AggregateMsg::Command {
                 command,
                 command_id,
                 reply,
                 _permit,
-            } => (command, command_id, reply, _permit),
+            } => {
+                state.pending.push(Pending {
+                    command,
+                    command_id,
+                    reply,
+                    _permit,
+                });
+                if !wait_for_more(&myself, state) {
+                    flush(&myself, state).await;
+                }
+            }
+            AggregateMsg::Flush => {
+                state.flush_queued = false;
+                flush(&myself, state).await;
+            }
             AggregateMsg::Compact => {
+                flush(&myself, state).await;
                 if let Phase::Live(live) = &mut state.phase
                     && live.unsnapshotted > 0
                     && let Err(e) = snapshot(live, &state.args).await
@@ -146,62 +177,16 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                     warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed");
                 }
                 stop(&myself, &state.args);
-                return Ok(());
             }
             AggregateMsg::Query { query, _permit } => {
+                // In line with the commands: it sees every command sent before it.
+                flush(&myself, state).await;
                 match &state.phase {
                     Phase::Live(live) => query(Ok((&live.state, live.seq))),
                     Phase::Failed(failure) => query(Err(failure.to_error(&state.args.key))),
                     _ => query(Err(restarting(&state.args.key))),
                 }
-                return Ok(());
             }
-        };
-        match &mut state.phase {
-            Phase::Live(live) => {
-                let span = info_span!(
-                    "command",
-                    aggregate = A::TYPE,
-                    id = %short(&state.args.id),
-                    command_id = command_id.as_deref().unwrap_or(""),
-                );
-                let result = execute(live, &state.args, command, command_id)
-                    .instrument(span)
-                    .await;
-                state.args.metrics.command(match &result {
-                    Ok(c) if c.deduplicated => Outcome::Deduplicated,
-                    Ok(_) => Outcome::Committed,
-                    Err(CommandError::Rejected(_)) => Outcome::Rejected,
-                    Err(_) => Outcome::Failed,
-                });
-                let poisoned = live.broken
-                    || matches!(
-                        result,
-                        Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
-                    );
-                if poisoned {
-                    // Drained before the answer, so a retry sent on the answer finds the
-                    // mailbox closed and waits for a fresh activation instead of failing here.
-                    stop(&myself, &state.args);
-                }
-                let _ = reply.send(result);
-                if poisoned {
-                    state.phase = Phase::Poisoned;
-                } else if live.unsnapshotted >= state.args.shared.config.snapshots.every_events
-                    && let Err(e) = snapshot(live, &state.args).await
-                {
-                    warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed; will retry");
-                }
-            }
-            Phase::Failed(failure) => {
-                let _ = reply.send(Err(failure.to_error(&state.args.key)));
-            }
-            Phase::Poisoned => {
-                // Draining after a failure: these commands were never applied; they fail
-                // with a retryable error and the next attempt activates afresh.
-                let _ = reply.send(Err(restarting(&state.args.key)));
-            }
-            Phase::Unloaded => unreachable!("activation always leaves Unloaded"),
         }
         Ok(())
     }
@@ -238,235 +223,96 @@ fn restarting<E: std::error::Error>(key: &str) -> CommandError<E> {
     }
 }
 
-async fn execute<A: Aggregate>(
-    live: &mut Live<A>,
-    args: &AggregateArgs,
-    command: A::Command,
-    command_id: Option<String>,
-) -> Result<Committed<A::Event>, CommandError<A::Error>> {
-    if let Some(id) = &command_id
-        && let Some(done) = live.recent.get(id)
+/// Whether to keep the commands buffered so far for a larger batch: only while more
+/// messages are already on their way into the mailbox and the batch has room. A `Flush` sent
+/// to itself (behind those messages) makes sure the batch runs; when it cannot be sent (the
+/// actor is draining) the batch runs now. A lone command runs at once, with no added latency.
+fn wait_for_more<A: Aggregate>(
+    myself: &ActorRef<AggregateMsg<A>>,
+    state: &mut AggregateState<A>,
+) -> bool {
+    if !matches!(state.phase, Phase::Live(_))
+        || state.pending.len() >= state.args.shared.config.mailbox_capacity
+        || state.args.queued.load(Ordering::Relaxed) == 0
     {
-        debug!(command_id = %short(id), "duplicate command id; returning the original outcome");
-        let done = done.clone();
-        if let Some((_, events)) = live.recent_events.iter().find(|(seen, _)| seen == id) {
-            return Ok(Committed {
-                events: events.clone(),
-                seq: done.seq,
-                position: done.position,
-                deduplicated: true,
-            });
-        }
-        return remembered_outcome::<A>(args, &done).await;
+        return false;
     }
-    let key = &args.key;
-    let events = match catch_unwind(AssertUnwindSafe(|| live.state.handle(command))) {
-        Ok(Ok(events)) => events,
-        Ok(Err(rejection)) => return Err(CommandError::Rejected(rejection)),
-        Err(panic) => {
-            return Err(CommandError::Panicked {
-                aggregate: short(key).into_owned(),
-                message: format!("in handle: {}", panic_message(panic)),
-            });
-        }
-    };
-    if events.is_empty() {
-        // Remembered too: a retry must get this outcome even if the state has moved on. No
-        // event carries the id, so only a snapshot keeps it across passivation and crashes:
-        // written before the answer.
-        if let Some(id) = command_id {
-            let id_for_error = id.clone();
-            live.recent.remember(Remembered {
-                command_id: id,
-                seq: live.seq,
-                events: 0,
-                first_offset: None,
-                position: None,
-                timestamp_ms: now_ms(),
-            });
-            if let Err(failure) = snapshot(live, args).await {
-                let source = match failure {
-                    SnapshotError::Storage(source) => source,
-                    SnapshotError::Encode(reason) => StorageError::io(
-                        format!(
-                            "writing the snapshot that keeps command id {} of {}",
-                            short(&id_for_error),
-                            short(key)
-                        ),
-                        std::io::Error::other(reason),
-                    ),
-                };
-                return Err(CommandError::Storage {
-                    aggregate: short(key).into_owned(),
-                    source,
-                });
-            }
-        }
-        return Ok(Committed {
-            events,
-            seq: live.seq,
-            position: None,
-            deduplicated: false,
-        });
+    if state.flush_queued {
+        return true;
     }
-    let timestamp_ms = now_ms();
-    let mut records = Vec::with_capacity(events.len());
-    for (i, event) in events.iter().enumerate() {
-        let (event_type, event_version, payload) = unwind_to_err("encoding the event", || {
-            encode_event::<A>(event, &args.upcasters, &mut live.scratch)
-        })
-        .map_err(|reason| CommandError::Corrupt {
-            aggregate: short(key).into_owned(),
-            source: DecodeError {
-                what: "new event (encoding)".into(),
-                location: short(key).into_owned(),
-                reason,
-            },
-        })?;
-        let envelope = EventEnvelopeRef {
-            aggregate_type: A::TYPE,
-            aggregate_id: &args.id,
-            seq: live.seq + 1 + i as u64,
-            event_type,
-            event_version,
-            command_id: command_id.as_deref(),
-            timestamp_ms,
-            payload,
-        };
-        records.push(LogRecord {
-            key: key.clone(),
-            value: envelope.encode(),
-        });
-    }
-    let partition = args.partition.partition;
-    let count = records.len() as u64;
-    // The values the tail keeps once the append is acknowledged (committed, with
-    // transactions): copied now, because the append consumes the records.
-    let tail_values: Vec<Arc<[u8]>> = if args.partition.tail_enabled() {
-        records.iter().map(|r| Arc::from(&r.value[..])).collect()
+    state.args.queued.fetch_add(1, Ordering::Relaxed);
+    if myself.send_message(AggregateMsg::Flush).is_ok() {
+        state.flush_queued = true;
+        true
     } else {
-        Vec::new()
-    };
-    // Whatever this append writes lands at or above the end known now.
-    // Until the append is recorded, the key is "uncertain" from the end known now: the
-    // checkpoint cannot pass the records while they are in flight, and if the append fails
-    // (it may still have been written: a lost acknowledgement), the next activation scans for
-    // them, so a retry with the same command id finds them.
-    args.partition.begin_append(key);
-    let first = args
-        .shared
-        .backend
-        .append(partition, records)
-        .await
-        .map_err(|source| CommandError::Storage {
-            aggregate: short(key).into_owned(),
-            source,
-        })?;
-    // Durable from here on: evolve the state.
-    let applied = catch_unwind(AssertUnwindSafe(|| {
-        for event in &events {
-            live.state.apply(event);
-        }
-    }));
-    args.partition
-        .commit_append(key, first..first + count, tail_values);
-    if let Err(panic) = applied {
-        // The events are durable: the caller must learn that the command committed (a
-        // retry without an id would apply it twice). The state is not to be trusted, so the
-        // actor restarts from the log, which has the events and their command id.
-        tracing::error!(
-            aggregate = %short(key),
-            panic = %panic_message(panic),
-            "apply panicked after the events were committed; restarting from the log"
-        );
-        live.broken = true;
+        state.args.queued.fetch_sub(1, Ordering::Relaxed);
+        false
     }
-    live.seq += count;
-    live.unsnapshotted += count;
-    let position = Position {
-        partition,
-        offset: first + count - 1,
-    };
-    live.last_offset = Some(position.offset);
-    if let Some(id) = command_id {
-        if live.recent_events.len() >= RECENT_OUTCOMES {
-            live.recent_events.pop_front();
-        }
-        live.recent_events.push_back((id.clone(), events.clone()));
-        live.recent.remember(Remembered {
-            command_id: id,
-            seq: live.seq,
-            events: count,
-            first_offset: Some(first),
-            position: Some(position),
-            timestamp_ms,
-        });
-    }
-    Ok(Committed {
-        events,
-        seq: live.seq,
-        position: Some(position),
-        deduplicated: false,
-    })
 }
 
-/// The outcome of an earlier command with the same id: its events read back from the log.
-async fn remembered_outcome<A: Aggregate>(
-    args: &AggregateArgs,
-    done: &Remembered,
-) -> Result<Committed<A::Event>, CommandError<A::Error>> {
-    let mut events = Vec::with_capacity(done.events as usize);
-    if let (Some(first), Some(last)) = (done.first_offset, done.position) {
-        let partition = args.partition.partition;
-        let first_seq = done.seq + 1 - done.events;
-        let mut from = first;
-        while from <= last.offset && (events.len() as u64) < done.events {
-            let max = (last.offset - from + 1) as usize;
-            let records = args
-                .shared
-                .backend
-                .read(partition, from, max.min(4096), std::time::Duration::ZERO)
-                .await
-                .map_err(|source| CommandError::Storage {
-                    aggregate: short(&args.key).into_owned(),
-                    source,
-                })?;
-            let Some(end) = records.last() else { break };
-            from = end.position.offset + 1;
-            for record in records.iter().filter(|r| r.key == args.key) {
-                let location = at(&args.key, record.position);
-                let corrupt = |source| CommandError::Corrupt {
-                    aggregate: short(&args.key).into_owned(),
-                    source,
-                };
-                let envelope = EventEnvelope::decode(&record.value, &location).map_err(corrupt)?;
-                if (first_seq..=done.seq).contains(&envelope.seq) {
-                    events.push(
-                        decode_guarded::<A>(&envelope, &args.upcasters, &location)
-                            .map_err(corrupt)?,
-                    );
-                }
-            }
-        }
-        if events.len() as u64 != done.events {
-            return Err(CommandError::Corrupt {
-                aggregate: short(&args.key).into_owned(),
-                source: DecodeError {
-                    what: format!("the events of command {}", short(&done.command_id)),
-                    location: at(&args.key, last),
-                    reason: format!(
-                        "{} of its {} events are in the log",
-                        events.len(),
-                        done.events
-                    ),
-                },
-            });
-        }
+/// Runs the buffered commands as one batch and answers each caller.
+async fn flush<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, state: &mut AggregateState<A>) {
+    if state.pending.is_empty() {
+        return;
     }
-    Ok(Committed {
-        events,
-        seq: done.seq,
-        position: done.position,
-        deduplicated: true,
-    })
+    let pending = std::mem::take(&mut state.pending);
+    let args = &state.args;
+    let live = match &mut state.phase {
+        Phase::Live(live) => live,
+        Phase::Failed(failure) => {
+            for p in pending {
+                let _ = p.reply.send(Err(failure.to_error(&args.key)));
+            }
+            return;
+        }
+        // Draining after a failure: these commands were never applied; they fail with a
+        // retryable error and the next attempt activates afresh.
+        Phase::Poisoned | Phase::Unloaded => {
+            for p in pending {
+                let _ = p.reply.send(Err(restarting(&args.key)));
+            }
+            return;
+        }
+    };
+    let span = info_span!(
+        "commands",
+        aggregate = A::TYPE,
+        id = %short(&args.id),
+        count = pending.len(),
+    );
+    let mut answers = Vec::with_capacity(pending.len());
+    let mut batch = Vec::with_capacity(pending.len());
+    for p in pending {
+        answers.push((p.reply, p._permit));
+        batch.push((p.command, p.command_id));
+    }
+    let outcomes = execute_batch(live, args, batch).instrument(span).await;
+    let mut poisoned = live.broken;
+    for outcome in &outcomes {
+        args.metrics.command(match outcome {
+            Ok(c) if c.deduplicated => Outcome::Deduplicated,
+            Ok(_) => Outcome::Committed,
+            Err(CommandError::Rejected(_)) => Outcome::Rejected,
+            Err(_) => Outcome::Failed,
+        });
+        poisoned |= matches!(
+            outcome,
+            Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
+        );
+    }
+    if poisoned {
+        // Drained before the answers, so a retry sent on an answer finds the mailbox closed
+        // and waits for a fresh activation instead of failing here.
+        stop(myself, args);
+    }
+    for ((reply, _permit), outcome) in answers.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome);
+    }
+    if poisoned {
+        state.phase = Phase::Poisoned;
+    } else if live.unsnapshotted >= args.shared.config.snapshots.every_events
+        && let Err(e) = snapshot(live, args).await
+    {
+        warn!(aggregate = %short(&args.key), error = %e, "snapshot failed; will retry");
+    }
 }

@@ -103,6 +103,8 @@ pub fn replay_from_log(log: &MemoryLog, key: &str) -> (Account, u64) {
 pub struct GatedLog {
     pub inner: Arc<MemoryLog>,
     pub gate: Arc<Semaphore>,
+    /// Appends called so far (each call is one unit: one batch of records).
+    pub appends: std::sync::atomic::AtomicUsize,
 }
 
 impl GatedLog {
@@ -110,6 +112,7 @@ impl GatedLog {
         GatedLog {
             inner: Arc::new(MemoryLog::new(partitions)),
             gate: Arc::new(Semaphore::new(0)),
+            appends: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -123,6 +126,8 @@ impl Intercept for GatedLog {
         partition: u32,
         records: Vec<LogRecord>,
     ) -> BoxFuture<'_, Result<Offset, StorageError>> {
+        self.appends
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             self.gate.acquire().await.unwrap().forget();
             self.inner.append(partition, records).await
