@@ -223,9 +223,7 @@ impl ShardState {
         let live = self.shared.live.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(m::LIVE_ACTORS).set(live as f64);
         let _ = reply.send(Ok(entry));
-        if live > self.shared.config.max_live_actors {
-            self.shared.evict_least_recently_used(live);
-        }
+        self.shared.evict_least_recently_used();
     }
 
     async fn maintain(&mut self, myself: &ActorRef<ShardMsg>) {
@@ -241,10 +239,7 @@ impl ShardState {
                 debug!(aggregate = %short(key), "passivating idle actor");
             }
         }
-        let live = self.shared.live.load(Ordering::Relaxed);
-        if live > self.shared.config.max_live_actors {
-            self.shared.evict_least_recently_used(live);
-        }
+        self.shared.evict_least_recently_used();
         if self.stopping.is_none() && self.shared.config.snapshots.on_passivation {
             self.settle(myself).await;
         }

@@ -111,16 +111,17 @@ impl Shared {
         removed
     }
 
-    /// Passivates the least recently used actors until `live` is back under the cap (plus a
-    /// little headroom, so a full runtime does not scan the registry on every activation).
-    pub(crate) fn evict_least_recently_used(&self, live: usize) {
+    /// Passivates the least recently used actors once more than `max_live_actors` serve
+    /// commands, down to a sixteenth below the cap, so the scan of the registry this takes
+    /// happens once per `cap / 16` activations, not on every one. Actors already on their way
+    /// out (writing their snapshot) are not counted: they take no commands and are gone soon.
+    pub(crate) fn evict_least_recently_used(&self) {
         let cap = self.config.max_live_actors;
-        let draining = live.saturating_sub(self.registry.len());
-        let target = cap.saturating_sub(cap / 16);
-        let excess = live.saturating_sub(draining).saturating_sub(target);
-        if excess == 0 {
+        let serving = self.registry.len();
+        if serving <= cap {
             return;
         }
+        let excess = serving - cap.saturating_sub(cap / 16);
         let mut candidates: Vec<(u64, String, Arc<LiveEntry>)> = self
             .registry
             .iter()

@@ -42,7 +42,19 @@ fn main() {
         Some("cap-run") => case_cap(parse(args.get(1))),
         Some("hot") => case_hot(),
         Some("live") => case_live(),
+        Some("ractor") => case_ractor(),
         Some("reopen") => case_reopen(),
+        Some("reopen-write") => {
+            case_reopen_write(parse(args.get(1)) as u64, std::path::Path::new(&args[2]))
+        }
+        Some("open") => {
+            let dir = std::path::PathBuf::from(&args[1]);
+            let started = Instant::now();
+            let log = open(&dir);
+            eprintln!("opened {} in {:?}", dir.display(), started.elapsed());
+            drop(log);
+        }
+        Some("reopen-open") => case_reopen_open(std::path::Path::new(&args[1])),
         Some("million") => case_million(),
         Some(other) => {
             eprintln!("unknown case {other:?}: cap, hot, live, reopen, million or all");
@@ -224,36 +236,94 @@ fn case_live() {
     });
 }
 
-fn case_reopen() {
+/// The floor under `live`: RSS per bare ractor actor holding a `u64`.
+fn case_ractor() {
+    struct Idle;
+    impl ractor::Actor for Idle {
+        type Msg = ();
+        type State = u64;
+        type Arguments = ();
+        async fn pre_start(
+            &self,
+            _: ractor::ActorRef<()>,
+            _: (),
+        ) -> Result<u64, ractor::ActorProcessingErr> {
+            Ok(0)
+        }
+    }
     let rt = tokio();
+    rt.block_on(async {
+        let count = 50_000u64;
+        let before = proc_status_bytes("VmRSS");
+        let mut actors = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            actors.push(ractor::Actor::spawn(None, Idle, ()).await.expect("actor").0);
+        }
+        let per = proc_status_bytes("VmRSS").saturating_sub(before) / count;
+        println!("| ractor: RSS per idle actor ({count}) | {per} bytes |");
+        for actor in actors {
+            actor.stop(None);
+        }
+    });
+}
+
+/// Writes `events` events to a log in a new directory under `base` and shuts down cleanly;
+/// then opens it again in a fresh process (as a restart does) and times the open, the
+/// runtime's start and a first command.
+fn case_reopen() {
+    let base = tempfile::tempdir().expect("temp dir");
     let mut times = Vec::new();
     for events in [10_000u64, 1_000_000] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        rt.block_on(async {
-            let runtime = start(open(dir.path()), 100_000).await;
-            // Few aggregates, many events each: the log's size, not the key count, grows.
-            spread(&runtime, 1000, 1000, events / 1000).await;
-            runtime.shutdown().await.expect("shutdown");
-        });
-        let started = Instant::now();
-        rt.block_on(async {
-            let runtime = start(open(dir.path()), 100_000).await;
-            runtime
-                .aggregate::<Counter>()
-                .send("hot-1", ())
-                .await
-                .expect("first command after reopening");
-            let elapsed = started.elapsed();
-            times.push(elapsed);
-            runtime.shutdown().await.expect("shutdown");
-        });
+        let dir = base.path().join(format!("log-{events}"));
+        let dir_arg = dir.display().to_string();
+        run_child(&["reopen-write", &events.to_string(), &dir_arg]);
+        let out = Command::new(std::env::current_exe().expect("the bench's own path"))
+            .args(["reopen-open", &dir_arg])
+            .output()
+            .expect("starting the reopen case");
+        if !out.status.success() {
+            eprintln!(
+                "reopening {dir_arg} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::process::exit(1);
+        }
+        let seconds: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the reopen time");
+        times.push(seconds);
     }
     println!(
-        "| reopen after a clean shutdown | 1 000 000 events {:.3} s | baseline 10 000 events {:.3} s | {:.2}× |",
-        times[1].as_secs_f64(),
-        times[0].as_secs_f64(),
-        times[1].as_secs_f64() / times[0].as_secs_f64()
+        "| reopen after a clean shutdown | 1 000 000 events {:.4} s | baseline 10 000 events {:.4} s | {:.2}× |",
+        times[1],
+        times[0],
+        times[1] / times[0]
     );
+}
+
+fn case_reopen_write(events: u64, dir: &std::path::Path) {
+    tokio().block_on(async {
+        let runtime = start(open(dir), 100_000).await;
+        // Few aggregates, many events each: the log's size, not the key count, grows.
+        spread(&runtime, 1000, 1000, events / 1000).await;
+        runtime.shutdown().await.expect("shutdown");
+    });
+}
+
+fn case_reopen_open(dir: &std::path::Path) {
+    let rt = tokio();
+    let started = Instant::now();
+    rt.block_on(async {
+        let runtime = start(open(dir), 100_000).await;
+        runtime
+            .aggregate::<Counter>()
+            .send("hot-1", ())
+            .await
+            .expect("first command after reopening");
+        println!("{}", started.elapsed().as_secs_f64());
+        runtime.shutdown().await.expect("shutdown");
+    });
 }
 
 fn case_million() {

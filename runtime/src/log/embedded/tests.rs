@@ -582,3 +582,50 @@ fn a_damaged_store_opens_intact_or_refuses_naming_it() {
         "{outcomes:#?}"
     );
 }
+
+/// The `.jnl` files of a store directory.
+fn journals(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("store"))
+        .expect("store dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "jnl"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_clean_close_leaves_only_the_active_journal_for_the_next_open() {
+    // fjall deletes a journal once every keyspace has flushed what it holds; the partition
+    // count, written once at creation, must not hold every journal back. Past one journal's
+    // size (64 MB) a second one starts; after the close only the active one is left.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = EmbeddedLog::open(dir.path(), 2).expect("open");
+    // Incompressible values (the journal compresses).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = move || {
+        (0..512 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    for i in 0..160u32 {
+        let records = (0..2)
+            .map(|_| LogRecord {
+                key: format!("k{i}"),
+                value: noise(),
+            })
+            .collect();
+        log.append(i % 2, records).await.expect("append");
+    }
+    log.close().await.expect("close");
+    drop(log);
+    assert_eq!(journals(dir.path()), 1);
+    let log = EmbeddedLog::open(dir.path(), 2).expect("reopen");
+    assert_eq!(log.end_offset(0).await.expect("end"), 160);
+    assert_eq!(log.end_offset(1).await.expect("end"), 160);
+}

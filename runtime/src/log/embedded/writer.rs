@@ -161,7 +161,10 @@ impl Writer {
                 | Request::Close { reply } => drop(reply.send(Err(closed()))),
             }
         }
-        let result = self.write_acked_ends(true);
+        let mut result = self.write_acked_ends(true);
+        if close_reply.is_some() && result.is_ok() && self.first_failure.is_none() {
+            result = self.store.flush_write_buffers();
+        }
         if let Some(reply) = close_reply {
             let _ = reply.send(result);
         }
