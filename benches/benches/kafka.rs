@@ -4,7 +4,7 @@
 //!   records of the size of keel's event records to a topic with the same partition count,
 //!   from as many tasks as there are aggregates, each awaiting its own delivery — what a
 //!   durable command cannot do faster than.
-//!
+//! - `keel_hot`: 64 senders on one aggregate, beside `keel/64` (64 senders on 64 aggregates).
 //!
 //! Then the transactional mode (`txn`): at 1, 12 and 128 partitions, keel's commands/s with
 //! `KafkaConfig::transactional(true)` beside keel's idempotent log on topics of the same
@@ -49,6 +49,9 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 const CONCURRENCY: [usize; 3] = [1, 64, 256];
+/// The senders of the hot-aggregate case (`keel_hot`): all on one aggregate, against the same
+/// number on as many aggregates.
+const HOT_SENDERS: usize = 64;
 /// The partition count of the commands bench (`KEEL_BENCH_PARTITIONS` overrides it) and of the
 /// activation bench.
 const PARTITIONS: u32 = 8;
@@ -258,6 +261,21 @@ fn bench_kafka(c: &mut Criterion, bootstrap: &str, results: &Results) {
                 })
             })
         });
+        if n == HOT_SENDERS {
+            // The same number of senders, all on one aggregate: its queued commands are
+            // appended as one batch per produce.
+            group.bench_with_input(BenchmarkId::new("keel_hot", n), &n, |b, &n| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let handle = handle.clone();
+                    spread(n, iters, results.clone(), ("keel_hot", n), move |_| {
+                        let handle = handle.clone();
+                        async move {
+                            handle.send("hot", ()).await.expect("command");
+                        }
+                    })
+                })
+            });
+        }
         group.bench_with_input(BenchmarkId::new("raw_producer", n), &n, |b, &n| {
             b.to_async(&rt).iter_custom(|iters| {
                 let producer = producer.clone();
@@ -328,6 +346,27 @@ fn print_table(results: &Results, brokers: usize) {
             raw.percentile_ms(0.99),
         );
     }
+}
+
+/// The hot aggregate against the same senders spread over as many aggregates.
+fn print_hot(results: &Results) {
+    let results = results.lock().expect("results");
+    let (Some(hot), Some(wide)) = (
+        results.get(&("keel_hot", HOT_SENDERS)),
+        results.get(&("keel", HOT_SENDERS)),
+    ) else {
+        return;
+    };
+    println!();
+    println!(
+        "hot aggregate: {HOT_SENDERS} senders on 1 aggregate {:.0} commands/s (p50/p99 {:.2} / {:.2} ms) \
+         vs {HOT_SENDERS} senders on {HOT_SENDERS} aggregates {:.0} commands/s: {:.0}%",
+        hot.per_second(),
+        hot.percentile_ms(0.5),
+        hot.percentile_ms(0.99),
+        wide.per_second(),
+        100.0 * hot.per_second() / wide.per_second()
+    );
 }
 
 /// Partition counts of the transactional bench, and its concurrently active aggregates.
@@ -960,6 +999,7 @@ fn main() {
     let handoff = run("handoff").then(|| handoff(&bootstrap));
     criterion.final_summary();
     print_table(&results, brokers);
+    print_hot(&results);
     print_txn(&results, &txn, brokers);
     print_activation(&latencies, handoff);
 }
