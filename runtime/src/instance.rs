@@ -137,7 +137,10 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     ) -> Result<(), ActorProcessingErr> {
         state.args.queued.fetch_sub(1, Ordering::Relaxed);
         if matches!(state.phase, Phase::Unloaded) {
-            state.phase = match activation::activate::<A>(&state.args).await {
+            // Boxed, like the batches and snapshots: an actor's task is sized by its largest
+            // future and every live aggregate has one, so the large steps are on the heap
+            // only while they run.
+            state.phase = match Box::pin(activation::activate::<A>(&state.args)).await {
                 Ok(live) => Phase::Live(Box::new(live)),
                 Err(failure) => {
                     // Answer this and every queued command with the failure, then stop; the
@@ -161,18 +164,18 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                     _permit,
                 });
                 if !wait_for_more(&myself, state) {
-                    flush(&myself, state).await;
+                    Box::pin(flush(&myself, state)).await;
                 }
             }
             AggregateMsg::Flush => {
                 state.flush_queued = false;
-                flush(&myself, state).await;
+                Box::pin(flush(&myself, state)).await;
             }
             AggregateMsg::Compact => {
-                flush(&myself, state).await;
+                Box::pin(flush(&myself, state)).await;
                 if let Phase::Live(live) = &mut state.phase
                     && live.unsnapshotted > 0
-                    && let Err(e) = snapshot(live, &state.args).await
+                    && let Err(e) = Box::pin(snapshot(live, &state.args)).await
                 {
                     warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed");
                 }
@@ -180,7 +183,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
             }
             AggregateMsg::Query { query, _permit } => {
                 // In line with the commands: it sees every command sent before it.
-                flush(&myself, state).await;
+                Box::pin(flush(&myself, state)).await;
                 match &state.phase {
                     Phase::Live(live) => query(Ok((&live.state, live.seq))),
                     Phase::Failed(failure) => query(Err(failure.to_error(&state.args.key))),
@@ -200,7 +203,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         if let Phase::Live(live) = &mut state.phase
             && live.unsnapshotted > 0
             && shared.config.snapshots.on_passivation
-            && let Err(e) = snapshot(live, &state.args).await
+            && let Err(e) = Box::pin(snapshot(live, &state.args)).await
         {
             warn!(aggregate = %short(&state.args.key), error = %e, "snapshot on passivation failed");
         }
