@@ -70,14 +70,21 @@ pub struct RuntimeConfig {
     /// snapshot covers yet, from the recovery scan and this instance's own appends). When
     /// full, a partition's lowest offsets are evicted first; an activation that needs evicted
     /// events reads them in one sequential pass per partition, shared by every activation
-    /// waiting. 0 turns the tails off. Default = 64 MiB.
-    pub tail_cache_bytes: usize,
+    /// waiting. 0 turns the tails off. Default (`None`) = 64 MiB on a backend whose reads are
+    /// remote ([`LogBackend::remote_reads`](crate::log::LogBackend::remote_reads): Kafka),
+    /// off on the in-process ones, where keeping the tail costs each append more than it
+    /// saves an activation.
+    pub tail_cache_bytes: Option<usize>,
     /// The longest aggregate id (and command id) accepted, in bytes; a longer or an empty
     /// one is refused with [`CommandError::InvalidId`](crate::CommandError::InvalidId)
     /// before anything is touched. At most [`MAX_ID_BYTES_LIMIT`], which keeps every key
     /// within every backend's limit (fjall: 65 535 bytes). Default = 4 KiB.
     pub max_id_bytes: usize,
 }
+
+/// The tail budget on a backend whose reads are remote, unless configured
+/// ([`RuntimeConfig::tail_cache_bytes`]).
+pub const DEFAULT_REMOTE_TAIL_BYTES: usize = 64 << 20;
 
 /// The largest [`RuntimeConfig::max_id_bytes`] allowed: an aggregate key (type name, `/`,
 /// id) plus a backend's own prefix stays below 65 535 bytes.
@@ -99,7 +106,7 @@ impl Default for RuntimeConfig {
             dedup_max_ids: 4096,
             maintenance_interval: Duration::from_secs(1),
             checkpoint_refresh: Duration::from_secs(3600),
-            tail_cache_bytes: 64 << 20,
+            tail_cache_bytes: None,
             max_id_bytes: 4096,
         }
     }

@@ -142,6 +142,15 @@ pub trait LogBackend: EventLog + SnapshotStore + CheckpointStore {
     /// A short name for logs and errors ("memory", "embedded:/path", "kafka:host:port").
     fn describe(&self) -> String;
 
+    /// Whether reading records back is a round trip to another process (a broker). The
+    /// runtime keeps a partition's recent events in memory (its tail, see
+    /// [`RuntimeConfig::tail_cache_bytes`](crate::RuntimeConfig::tail_cache_bytes)) by default
+    /// only for such backends: from an in-process store a read costs about what the tail
+    /// would save. Default = false.
+    fn remote_reads(&self) -> bool {
+        false
+    }
+
     /// Flushes and releases the backend; called once by a graceful shutdown.
     fn close(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async { Ok(()) })

@@ -12,7 +12,9 @@ use tokio::sync::{Semaphore, oneshot};
 use tracing::info;
 
 use crate::aggregate::Aggregate;
-use crate::config::{MAX_TYPE_NAME_BYTES, RuntimeConfig, SnapshotPolicy};
+use crate::config::{
+    DEFAULT_REMOTE_TAIL_BYTES, MAX_TYPE_NAME_BYTES, RuntimeConfig, SnapshotPolicy,
+};
 use crate::error::Error;
 use crate::handle::AggregateHandle;
 use crate::log::LogBackend;
@@ -525,9 +527,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The memory the partition tails may use, over all partitions. Default = 64 MiB.
+    /// The memory the partition tails may use, over all partitions (0: no tails). See
+    /// [`RuntimeConfig::tail_cache_bytes`] for the default.
     pub fn tail_cache_bytes(mut self, bytes: usize) -> Self {
-        self.config.tail_cache_bytes = bytes;
+        self.config.tail_cache_bytes = Some(bytes);
         self
     }
 
@@ -561,7 +564,13 @@ impl RuntimeBuilder {
             types: DashMap::new(),
             aggregate_types: DashMap::new(),
             owner_of: DashMap::new(),
-            tail_budget: Arc::new(TailBudget::new(self.config.tail_cache_bytes)),
+            tail_budget: Arc::new(TailBudget::new(self.config.tail_cache_bytes.unwrap_or(
+                if backend.remote_reads() {
+                    DEFAULT_REMOTE_TAIL_BYTES
+                } else {
+                    0
+                },
+            ))),
             membership: std::sync::Mutex::new(None),
             config: self.config,
             backend,

@@ -39,6 +39,10 @@ impl Intercept for CountingLog {
     fn inner(&self) -> &dyn LogBackend {
         &self.inner
     }
+    /// Stands for a remote log, whose every read is a round trip: the tail is on by default.
+    fn remote_reads(&self) -> bool {
+        true
+    }
     fn read(
         &self,
         partition: u32,

@@ -418,6 +418,10 @@ impl LogBackend for KafkaLog {
         format!("kafka:{}", self.config.bootstrap_servers)
     }
 
+    fn remote_reads(&self) -> bool {
+        true
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
             if self.closed.swap(true, Ordering::AcqRel) {

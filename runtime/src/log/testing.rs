@@ -56,6 +56,11 @@ pub trait Intercept: Send + Sync + 'static {
         self.inner().describe()
     }
 
+    /// See [`LogBackend::remote_reads`]. Default = the inner backend's.
+    fn remote_reads(&self) -> bool {
+        self.inner().remote_reads()
+    }
+
     /// See [`EventLog::partition_count`].
     fn partition_count(&self) -> u32 {
         self.inner().partition_count()
@@ -189,5 +194,9 @@ impl<T: Intercept> CheckpointStore for T {
 impl<T: Intercept> LogBackend for T {
     fn describe(&self) -> String {
         Intercept::describe(self)
+    }
+
+    fn remote_reads(&self) -> bool {
+        Intercept::remote_reads(self)
     }
 }
