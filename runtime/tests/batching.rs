@@ -61,27 +61,23 @@ async fn answer(mut sending: Sending) -> Reply {
     }
 }
 
-/// `a` gets a first deposit of `balance` through the gate, then a deposit of 1 whose append is
-/// held at the gate; returns that held command.
-async fn hold_one(
-    log: &Arc<GatedLog>,
-    accounts: &AggregateHandle<Account>,
-    balance: i64,
-) -> Sending {
+/// A runtime on a gated log in which `a` got a first deposit of `balance` through the gate,
+/// then a deposit of 1 whose append is held at the gate: that held command is returned too.
+async fn holding(balance: i64) -> (Arc<GatedLog>, Runtime, AggregateHandle<Account>, Sending) {
+    let log = Arc::new(GatedLog::new(1));
+    let (runtime, accounts) = start(&log).await;
     log.gate.add_permits(1);
     accounts.send("a", Cmd::Deposit(balance)).await.unwrap();
-    let held = deliver(accounts, Cmd::Deposit(1), None);
+    let held = deliver(&accounts, Cmd::Deposit(1), None);
     while log.appends.load(Ordering::SeqCst) < 2 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    held
+    (log, runtime, accounts, held)
 }
 
 #[tokio::test]
 async fn queued_commands_are_decided_in_order_and_appended_as_one_batch() {
-    let log = Arc::new(GatedLog::new(1));
-    let (runtime, accounts) = start(&log).await;
-    let held = hold_one(&log, &accounts, 10).await;
+    let (log, runtime, accounts, held) = holding(10).await;
     // Queued behind it: 20 withdrawals of 1 with a malformed one after every fifth.
     let mut queued = Vec::new();
     for i in 0..20 {
@@ -138,9 +134,7 @@ async fn queued_commands_are_decided_in_order_and_appended_as_one_batch() {
 
 #[tokio::test]
 async fn each_caller_of_a_batch_gets_the_position_of_its_own_last_event() {
-    let log = Arc::new(GatedLog::new(1));
-    let (runtime, accounts) = start(&log).await;
-    let held = hold_one(&log, &accounts, 5).await;
+    let (log, runtime, accounts, held) = holding(5).await;
     let bursts: Vec<_> = [3, 1, 2]
         .into_iter()
         .map(|n| deliver(&accounts, Cmd::Burst(n), None))
@@ -161,9 +155,7 @@ async fn each_caller_of_a_batch_gets_the_position_of_its_own_last_event() {
 
 #[tokio::test]
 async fn a_failed_batch_fails_what_was_decided_on_it_and_applies_nothing() {
-    let log = Arc::new(GatedLog::new(1));
-    let (runtime, accounts) = start(&log).await;
-    let held = hold_one(&log, &accounts, 10).await;
+    let (log, runtime, accounts, held) = holding(10).await;
     // A rejection decided before the batch appends anything stands; everything after the
     // first appending command depended on the unwritten state.
     let rejected_first = deliver(&accounts, Cmd::Withdraw(0), None);
@@ -199,9 +191,7 @@ async fn a_failed_batch_fails_what_was_decided_on_it_and_applies_nothing() {
 
 #[tokio::test]
 async fn a_command_id_twice_in_one_batch_is_applied_once() {
-    let log = Arc::new(GatedLog::new(1));
-    let (runtime, accounts) = start(&log).await;
-    let held = hold_one(&log, &accounts, 10).await;
+    let (log, runtime, accounts, held) = holding(10).await;
     let first = deliver(&accounts, Cmd::Deposit(7), Some("pay-1"));
     let other = deliver(&accounts, Cmd::Deposit(2), None);
     let retry = deliver(&accounts, Cmd::Deposit(7), Some("pay-1"));
@@ -244,9 +234,7 @@ async fn a_command_id_twice_in_one_batch_is_applied_once() {
 
 #[tokio::test]
 async fn a_panic_in_a_batch_keeps_what_came_before_and_retries_what_came_after() {
-    let log = Arc::new(GatedLog::new(1));
-    let (runtime, accounts) = start(&log).await;
-    let held = hold_one(&log, &accounts, 10).await;
+    let (log, runtime, accounts, held) = holding(10).await;
     let before = deliver(&accounts, Cmd::Deposit(5), None);
     let explode = deliver(&accounts, Cmd::Explode, None);
     let after = deliver(&accounts, Cmd::Deposit(100), None);

@@ -109,20 +109,20 @@ impl KafkaLog {
     ) -> Result<DeliveryFuture, StorageError> {
         let started = Instant::now();
         loop {
-            let record = FutureRecord::to(topic)
-                .partition(partition as i32)
-                .key(key)
-                .payload(value);
-            match producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if started.elapsed() < self.config.delivery_timeout =>
-                {
-                    // The producer is at its buffering limit; its queue drains as batches are
-                    // acknowledged.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => {
+            match offer(
+                producer,
+                topic,
+                partition,
+                key,
+                value,
+                started,
+                self.config.delivery_timeout,
+            ) {
+                Ok(Some(delivery)) => return Ok(delivery),
+                // The producer is at its buffering limit; its queue drains as batches are
+                // acknowledged.
+                Ok(None) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(e) => {
                     return Err(self.kafka_error(
                         self.at("producing to", topic, partition, None),
                         partition,
@@ -234,4 +234,31 @@ impl KafkaLog {
 pub(super) async fn join_producer(producer: PartitionProducer) {
     let thread = producer.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+}
+
+/// Offers one record to `producer`: its delivery future, or `None` when the producer's queue
+/// is full and `timeout` since `started` has not passed yet (the caller waits and offers it
+/// again).
+pub(super) fn offer(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: u32,
+    key: &str,
+    value: &[u8],
+    started: Instant,
+    timeout: Duration,
+) -> Result<Option<DeliveryFuture>, KafkaError> {
+    let record = FutureRecord::to(topic)
+        .partition(partition as i32)
+        .key(key)
+        .payload(value);
+    match producer.send_result(record) {
+        Ok(delivery) => Ok(Some(delivery)),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+            if started.elapsed() < timeout =>
+        {
+            Ok(None)
+        }
+        Err((e, _)) => Err(e),
+    }
 }

@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 
+use super::producer::offer;
 use crate::error::StorageError;
 use crate::log::Offset;
 
@@ -402,18 +403,9 @@ fn send(
 ) -> Result<DeliveryFuture, KafkaError> {
     let started = Instant::now();
     loop {
-        let record = FutureRecord::to(topic)
-            .partition(partition as i32)
-            .key(key)
-            .payload(value);
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                if started.elapsed() < timeout =>
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e),
+        match offer(producer, topic, partition, key, value, started, timeout)? {
+            Some(delivery) => return Ok(delivery),
+            None => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }
