@@ -23,7 +23,7 @@
 //! | `partition/uncovered.rs` | the per-key offsets no snapshot covers yet |
 //! | `dedup.rs` | the command ids an aggregate remembers, by count and by age |
 //! | `log.rs` | the log model and storage seams: [`EventLog`](log::EventLog), [`SnapshotStore`](log::SnapshotStore), [`CheckpointStore`](log::CheckpointStore) |
-//! | `log/testing.rs` | `Intercept` (feature `test-support`): test backends made of another one |
+//! | `log/testing.rs` | `Intercept`, `CountingReads` (feature `test-support`): test backends made of another one |
 //! | `log/memory.rs` | [`MemoryLog`](log::MemoryLog): for tests |
 //! | `log/embedded.rs` | [`EmbeddedLog`]: the durable default, group-committed |
 //! | `log/embedded/builder.rs` | [`EmbeddedLogBuilder`](log::EmbeddedLogBuilder): options, and opening a directory |

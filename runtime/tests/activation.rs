@@ -6,56 +6,16 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd};
-use futures::future::BoxFuture;
-use keel::log::testing::Intercept;
-use keel::log::{EventLog, LogBackend, MemoryLog, Offset, StoredRecord};
-use keel::{Runtime, SnapshotPolicy, StorageError};
+use keel::log::MemoryLog;
+use keel::log::testing::CountingReads;
+use keel::{Runtime, SnapshotPolicy};
 
-/// A [`MemoryLog`] that counts the reads of its events.
-struct CountingLog {
-    inner: MemoryLog,
-    reads: AtomicU64,
-}
-
-impl CountingLog {
-    fn new(partitions: u32) -> Arc<Self> {
-        Arc::new(CountingLog {
-            inner: MemoryLog::new(partitions),
-            reads: AtomicU64::new(0),
-        })
-    }
-
-    /// The reads since the last call.
-    fn take_reads(&self) -> u64 {
-        self.reads.swap(0, Ordering::SeqCst)
-    }
-}
-
-impl Intercept for CountingLog {
-    fn inner(&self) -> &dyn LogBackend {
-        &self.inner
-    }
-    /// Stands for a remote log, whose every read is a round trip: the tail is on by default.
-    fn remote_reads(&self) -> bool {
-        true
-    }
-    fn read(
-        &self,
-        partition: u32,
-        from: Offset,
-        max: usize,
-        wait: Duration,
-    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read(partition, from, max, wait)
-    }
-    fn describe(&self) -> String {
-        "counting memory".into()
-    }
+/// A [`MemoryLog`] standing for a remote log, whose reads are counted.
+fn counting_log(partitions: u32) -> Arc<CountingReads> {
+    Arc::new(CountingReads::new(Arc::new(MemoryLog::new(partitions))).as_remote())
 }
 
 /// Snapshots every 10 events and never on the way out, so aggregates keep a tail of events
@@ -87,7 +47,7 @@ async fn balance(runtime: &Runtime, id: &str) -> i64 {
 
 #[tokio::test]
 async fn after_a_restart_an_activation_replays_its_tail_without_reading_the_log() {
-    let log = CountingLog::new(1);
+    let log = counting_log(1);
     let runtime = Runtime::builder()
         .backend(log.clone())
         .snapshots(SNAPSHOT_EVERY_10)
@@ -118,7 +78,7 @@ async fn after_a_restart_an_activation_replays_its_tail_without_reading_the_log(
 
 #[tokio::test(start_paused = true)]
 async fn after_passivation_an_activation_replays_its_own_appends_without_reading_the_log() {
-    let log = CountingLog::new(1);
+    let log = counting_log(1);
     let runtime = Runtime::builder()
         .backend(log.clone())
         .snapshots(SNAPSHOT_EVERY_10)
@@ -144,7 +104,7 @@ async fn reads_to_activate_with_budget(budget: usize) -> u64 {
         on_passivation: false,
         after_long_replay: false,
     };
-    let log = CountingLog::new(1);
+    let log = counting_log(1);
     let runtime = Runtime::builder()
         .backend(log.clone())
         .snapshots(no_snapshots)

@@ -7,41 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use keel::log::testing::Intercept;
-use keel::log::{EventLog, LogBackend, Offset, StoredRecord};
-use keel::{KafkaConfig, KafkaLog, Runtime, SnapshotPolicy, StorageError};
+use keel::log::LogBackend;
+use keel::log::testing::CountingReads;
+use keel::{KafkaConfig, Runtime, SnapshotPolicy};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-
-/// A [`KafkaLog`] that counts the reads of its events topic.
-struct Counting {
-    inner: Arc<KafkaLog>,
-    reads: AtomicU64,
-}
-
-impl Intercept for Counting {
-    fn inner(&self) -> &dyn LogBackend {
-        &*self.inner
-    }
-    fn read(
-        &self,
-        partition: u32,
-        from: Offset,
-        max: usize,
-        wait: Duration,
-    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read(partition, from, max, wait)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
 
 const SNAPSHOT_EVERY_10: SnapshotPolicy = SnapshotPolicy {
     every_events: 10,
@@ -94,27 +67,21 @@ async fn restart_and_activate(bootstrap: &str, prefix: &str, transactional: bool
     runtime.abort().await;
     log.close().await.unwrap();
 
-    let counting = Arc::new(Counting {
-        inner: Arc::new(
-            config(bootstrap, prefix, transactional)
-                .open()
-                .await
-                .unwrap(),
-        ),
-        reads: AtomicU64::new(0),
-    });
+    let counting = Arc::new(CountingReads::new(Arc::new(
+        config(bootstrap, prefix, transactional)
+            .open()
+            .await
+            .unwrap(),
+    )));
     let runtime = runtime_on(counting.clone(), prefix).await;
-    assert!(
-        counting.reads.swap(0, Ordering::SeqCst) > 0,
-        "recovery reads"
-    );
+    assert!(counting.take_reads() > 0, "recovery reads");
     let tallies = runtime.aggregate::<Tally>();
     for id in ids {
         let total = tallies.query(id, |t| t.total).await.unwrap();
         assert_eq!(total, 15, "{id}: only committed events replayed");
     }
     assert_eq!(
-        counting.reads.load(Ordering::SeqCst),
+        counting.take_reads(),
         0,
         "activations read the events topic"
     );

@@ -200,3 +200,56 @@ impl<T: Intercept> LogBackend for T {
         Intercept::remote_reads(self)
     }
 }
+
+/// A backend that counts the reads of its events ([`EventLog::read`] calls): how tests see
+/// whether activations were served from memory or from the log.
+pub struct CountingReads {
+    inner: std::sync::Arc<dyn LogBackend>,
+    reads: std::sync::atomic::AtomicU64,
+    remote: bool,
+}
+
+impl CountingReads {
+    /// Counts the reads of `inner`.
+    pub fn new(inner: std::sync::Arc<dyn LogBackend>) -> Self {
+        let remote = inner.remote_reads();
+        CountingReads {
+            inner,
+            reads: std::sync::atomic::AtomicU64::new(0),
+            remote,
+        }
+    }
+
+    /// Says its reads are remote ([`LogBackend::remote_reads`]) whatever the inner backend
+    /// says: an in-process log standing for a broker.
+    pub fn as_remote(mut self) -> Self {
+        self.remote = true;
+        self
+    }
+
+    /// The reads since the last call.
+    pub fn take_reads(&self) -> u64 {
+        self.reads.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Intercept for CountingReads {
+    fn inner(&self) -> &dyn LogBackend {
+        &*self.inner
+    }
+
+    fn remote_reads(&self) -> bool {
+        self.remote
+    }
+
+    fn read(
+        &self,
+        partition: u32,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read(partition, from, max, wait)
+    }
+}
