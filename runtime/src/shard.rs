@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use futures::FutureExt;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -74,7 +75,20 @@ pub(crate) struct ShardState {
     settling: Settling,
     /// When the checkpoint was last committed (or loaded); `None` before the first commit.
     committed_at: Option<tokio::time::Instant>,
+    /// The checkpoint commit under way, if any: run beside the shard, so a slow backend
+    /// never holds up its activations.
+    committing: Option<Committing>,
     stopping: Option<Vec<oneshot::Sender<()>>>,
+}
+
+/// A checkpoint commit running as its own task; it resolves to the checkpoint it committed.
+/// Dropped with the shard (an abort or a lost partition), it is cancelled.
+struct Committing(tokio::task::JoinHandle<Option<Offset>>);
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Shard {
@@ -104,6 +118,7 @@ impl Actor for Shard {
             committed_checkpoint: checkpoint,
             settling: Settling::default(),
             committed_at: None,
+            committing: None,
             stopping: None,
         })
     }
@@ -243,7 +258,7 @@ impl ShardState {
         if self.stopping.is_none() && self.shared.config.snapshots.on_passivation {
             self.settle(myself).await;
         }
-        self.commit_checkpoint().await;
+        self.commit_checkpoint_beside();
     }
 
     /// Activates and snapshots aggregates that are not live but have events no snapshot
@@ -341,12 +356,63 @@ impl ShardState {
         self.settling.stuck.insert(key.to_owned(), (at, now));
     }
 
-    async fn commit_checkpoint(&mut self) {
+    /// Whether the checkpoint needs committing: it moved, or its last commit is older than
+    /// `checkpoint_refresh`.
+    fn checkpoint_due(&self, checkpoint: Offset) -> bool {
+        checkpoint != self.committed_checkpoint
+            || self
+                .committed_at
+                .is_none_or(|at| at.elapsed() >= self.shared.config.checkpoint_refresh)
+    }
+
+    fn committed(&mut self, checkpoint: Offset) {
+        self.committed_checkpoint = checkpoint;
+        self.committed_at = Some(tokio::time::Instant::now());
+    }
+
+    /// Commits the checkpoint when due, as a task beside the shard (one at a time): the
+    /// shard goes on serving activations however long the backend takes.
+    fn commit_checkpoint_beside(&mut self) {
+        if let Some(running) = &mut self.committing {
+            if !running.0.is_finished() {
+                return;
+            }
+            if let Some(Ok(Some(checkpoint))) = (&mut running.0).now_or_never() {
+                self.committed(checkpoint);
+            }
+            self.committing = None;
+        }
         let checkpoint = self.part.checkpoint();
-        let refresh = self.shared.config.checkpoint_refresh;
-        if checkpoint == self.committed_checkpoint
-            && self.committed_at.is_some_and(|at| at.elapsed() < refresh)
+        if !self.checkpoint_due(checkpoint) {
+            return;
+        }
+        let backend = self.shared.backend.clone();
+        let group = Shard::recovery_group(&self.shared.config.app_id);
+        let partition = self.part.partition;
+        self.committing = Some(Committing(tokio::spawn(async move {
+            match backend
+                .commit_checkpoint(group, partition, checkpoint)
+                .await
+            {
+                Ok(()) => Some(checkpoint),
+                Err(e) => {
+                    warn!(partition, error = %e, "checkpoint commit failed");
+                    None
+                }
+            }
+        })));
+    }
+
+    /// Commits the checkpoint when due and waits for it (a stopping shard's last step), after
+    /// the commit under way, if any.
+    async fn commit_checkpoint(&mut self) {
+        if let Some(mut running) = self.committing.take()
+            && let Ok(Some(checkpoint)) = (&mut running.0).await
         {
+            self.committed(checkpoint);
+        }
+        let checkpoint = self.part.checkpoint();
+        if !self.checkpoint_due(checkpoint) {
             return;
         }
         let group = Shard::recovery_group(&self.shared.config.app_id);
@@ -356,10 +422,7 @@ impl ShardState {
             .commit_checkpoint(group, self.part.partition, checkpoint)
             .await
         {
-            Ok(()) => {
-                self.committed_checkpoint = checkpoint;
-                self.committed_at = Some(tokio::time::Instant::now());
-            }
+            Ok(()) => self.committed(checkpoint),
             Err(e) => {
                 warn!(partition = self.part.partition, error = %e, "checkpoint commit failed")
             }

@@ -685,3 +685,64 @@ async fn an_aggregate_with_more_uncovered_events_than_the_index_lists_replays_th
     assert_eq!(accounts.query("hot", |s| s.balance).await.unwrap(), 1501);
     runtime.shutdown().await.unwrap();
 }
+
+/// A backend whose checkpoint commits wait at a gate (a broker that takes its time).
+struct SlowCheckpoints {
+    inner: MemoryLog,
+    gate: tokio::sync::Semaphore,
+    commits: AtomicU32,
+}
+
+impl Intercept for SlowCheckpoints {
+    fn inner(&self) -> &dyn LogBackend {
+        &self.inner
+    }
+    fn commit_checkpoint(
+        &self,
+        group: String,
+        partition: u32,
+        offset: Offset,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            self.gate.acquire().await.unwrap().forget();
+            self.inner.commit_checkpoint(group, partition, offset).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_slow_checkpoint_commit_never_holds_up_activations() {
+    let log = Arc::new(SlowCheckpoints {
+        inner: MemoryLog::new(1),
+        gate: tokio::sync::Semaphore::new(0),
+        commits: AtomicU32::new(0),
+    });
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .maintenance_interval(Duration::from_millis(2))
+        .command_timeout(Duration::from_secs(20))
+        .start()
+        .await
+        .unwrap();
+    let accounts = runtime.aggregate::<Account>();
+    accounts.send("a", Cmd::Deposit(1)).await.unwrap();
+    // The checkpoint moved: the shard's next tick commits it, and the commit hangs.
+    while log.commits.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Meanwhile the one shard of the log activates new aggregates and serves them.
+    for id in ["b", "c", "d"] {
+        let committed = accounts.send(id, Cmd::Deposit(2)).await.unwrap();
+        assert_eq!(committed.seq, 1, "{id}");
+    }
+    assert_eq!(accounts.query("a", |s| s.balance).await.unwrap(), 1);
+    // The stop waits for the commit under way, then commits the last checkpoint.
+    log.gate.add_permits(100);
+    runtime.shutdown().await.unwrap();
+    let group = "keel.recovery".to_string();
+    assert_eq!(
+        log.inner.load_checkpoint(group, 0).await.unwrap(),
+        Some(log.inner.end_offset(0).await.unwrap())
+    );
+}
