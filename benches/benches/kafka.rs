@@ -42,8 +42,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
+use keel::config::SnapshotPolicy;
 use keel::log::{EventLog, LogBackend, Offset, SnapshotStore};
-use keel::{CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SnapshotPolicy};
+use keel::{CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
 use keel_benches::Counter;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

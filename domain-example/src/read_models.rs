@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::Position;
 use keel::log::LogBackend;
+use keel::log::Position;
 use keel_projections::{ProjectionError, ProjectionRunner, ViewHandle};
 
 use crate::id::StockItemId;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keel::envelope::EventEnvelope;
+use keel::log::Position;
 use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog, aggregate_key, partition_for};
-use keel::{Aggregate, EmbeddedLog, Position};
+use keel::{Aggregate, EmbeddedLog};
 use keel_projections::{AggregateProjection, ApplyError, EventMeta, ProjectionRunner, ViewMut};
 use serde::{Deserialize, Serialize};
 

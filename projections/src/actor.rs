@@ -30,7 +30,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::Position;
+use keel::log::Position;
 use keel::log::{Offset, StoredRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};

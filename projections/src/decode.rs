@@ -4,9 +4,12 @@
 use std::fmt::{self, Debug};
 use std::marker::PhantomData;
 
+use keel::Aggregate;
+use keel::envelope::DecodeError;
 use keel::envelope::EventEnvelope;
+use keel::log::Position;
 use keel::log::StoredRecord;
-use keel::{Aggregate, DecodeError, Position, Upcasters};
+use keel::upcast::Upcasters;
 
 /// Decodes the events of aggregate type `A` out of envelopes, upcasting old versions.
 ///

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel::envelope::DecodeError;
 use keel::log::Offset;
-use keel::{DecodeError, Position, StorageError};
+use keel::log::{Position, StorageError};
 
 /// Why a projection or a query on its view failed.
 ///

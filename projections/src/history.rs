@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
+use keel::Aggregate;
 use keel::envelope::EventEnvelope;
+use keel::log::Position;
 use keel::log::{LogBackend, aggregate_key, partition_for};
-use keel::{Aggregate, Position};
 
 use crate::decode::{AggregateEvents, decode_envelope};
 use crate::error::ProjectionError;

@@ -21,7 +21,7 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
-//! use keel::Position;
+//! use keel::log::Position;
 //! use keel::envelope::EventEnvelope;
 //! use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog};
 //! use keel_projections::{ApplyError, Projection, ProjectionRunner, ViewMut};

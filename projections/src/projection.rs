@@ -4,8 +4,9 @@
 //! Most projections follow one aggregate type and implement
 //! [`AggregateProjection`](crate::AggregateProjection) instead, which gets its events decoded.
 
+use keel::envelope::DecodeError;
 use keel::envelope::EventEnvelope;
-use keel::{DecodeError, Position};
+use keel::log::Position;
 
 use crate::entry::{ViewKey, ViewValue};
 use crate::view::ViewMut;

@@ -5,7 +5,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::Position;
+use keel::log::Position;
 use ractor::ActorRef;
 
 use crate::actor::ProjectionMsg;

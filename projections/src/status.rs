@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use keel::Position;
+use keel::log::Position;
 use keel::log::{LogBackend, Offset};
 use tokio::sync::watch;
 

@@ -10,8 +10,11 @@ use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 
+use keel::Aggregate;
+use keel::envelope::DecodeError;
 use keel::envelope::EventEnvelope;
-use keel::{Aggregate, DecodeError, Position, Upcasters};
+use keel::log::Position;
+use keel::upcast::Upcasters;
 
 use crate::decode::decode_with;
 use crate::entry::{ViewKey, ViewValue};

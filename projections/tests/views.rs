@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel::Runtime;
+use keel::log::Position;
 use keel::log::{EventLog, LogBackend, MemoryLog};
-use keel::{Position, Runtime};
 use keel_projections::{
     History, PoisonPolicy, ProjectionError, ProjectionRunner, ProjectionState, SwitchableView,
     replay,

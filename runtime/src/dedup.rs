@@ -2,9 +2,9 @@
 //! returns the first outcome instead of appending again.
 //!
 //! An id is remembered while it is among the aggregate's last
-//! [`dedup_window`](crate::RuntimeConfig::dedup_window) commands with an id, *or* younger
-//! than [`dedup_retention`](crate::RuntimeConfig::dedup_retention) — but never more than
-//! [`dedup_max_ids`](crate::RuntimeConfig::dedup_max_ids) ids per aggregate, the hard cap
+//! [`dedup_window`](crate::config::RuntimeConfig::dedup_window) commands with an id, *or* younger
+//! than [`dedup_retention`](crate::config::RuntimeConfig::dedup_retention) — but never more than
+//! [`dedup_max_ids`](crate::config::RuntimeConfig::dedup_max_ids) ids per aggregate, the hard cap
 //! on its memory and on its snapshot's size. An entry holds the id and where the command's
 //! events are, not the events: a deduplicated reply reads them back from the log, so the
 //! window does not depend on the event schema (a changed event type never makes it

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
-use crate::error::DecodeError;
+pub use crate::error::DecodeError;
 use crate::upcast::Upcasters;
 
 /// One stored event, as it sits in the events topic (key = aggregate key).

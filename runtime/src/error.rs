@@ -148,7 +148,7 @@ pub enum CommandError<E: std::error::Error + 'static> {
     #[error("runtime is shutting down")]
     ShuttingDown,
     /// The aggregate id or the command id is not one keel can store (empty, or longer than
-    /// [`RuntimeConfig::max_id_bytes`](crate::RuntimeConfig::max_id_bytes)); nothing was
+    /// [`RuntimeConfig::max_id_bytes`](crate::config::RuntimeConfig::max_id_bytes)); nothing was
     /// touched. Do not retry as is.
     #[error("invalid id: {reason}")]
     InvalidId {

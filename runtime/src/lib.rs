@@ -6,11 +6,11 @@
 //! | file | concept |
 //! |---|---|
 //! | `aggregate.rs` | [`Aggregate`]: the domain seam — `handle` decides, `apply` evolves |
-//! | `upcast.rs` | [`Upcasters`]: lifting old event versions to the current one |
+//! | `upcast.rs` | [`Upcasters`](upcast::Upcasters): lifting old event versions to the current one |
 //! | `envelope.rs` | [`EventEnvelope`](envelope::EventEnvelope), [`SnapshotEnvelope`](envelope::SnapshotEnvelope): the stored formats |
 //! | `testkit.rs` | [`TestFramework`]: given/when/then for aggregates, no runtime |
 //! | `runtime.rs` | [`Runtime`], [`RuntimeBuilder`]: start, ownership, shutdown |
-//! | `config.rs` | [`RuntimeConfig`], [`SnapshotPolicy`]: limits and timers with their defaults |
+//! | `config.rs` | [`RuntimeConfig`](config::RuntimeConfig), [`SnapshotPolicy`](config::SnapshotPolicy): limits and timers with their defaults |
 //! | `handle.rs` | [`AggregateHandle`]: the typed command API |
 //! | `ownership.rs` | `KafkaOwnership` (feature `kafka`): partition ownership through the consumer group |
 //! | `shared.rs` | the state the runtime core shares: live actors, shards and their messages, admission, passivation |
@@ -46,7 +46,7 @@
 //! | `log/kafka/diagnose.rs` | explaining a failure to reach the brokers |
 //! | `log/kafka/redact.rs` | secrets kept out of errors and logs |
 //! | `metrics.rs` | metric names |
-//! | `error.rs` | [`CommandError`], [`StorageError`], [`DecodeError`], [`Error`] |
+//! | `error.rs` | [`CommandError`], [`Error`], [`StorageError`](log::StorageError) (also in `keel::log`), [`DecodeError`](envelope::DecodeError) (also in `keel::envelope`) |
 //!
 //! The runtime's guarantees (ordering, durability, passivation, recovery) are written down in
 //! `docs/runtime-semantics.md`.
@@ -70,11 +70,9 @@ mod testkit;
 pub mod upcast;
 
 pub use aggregate::Aggregate;
-pub use config::{RuntimeConfig, SnapshotPolicy};
-pub use error::{CommandError, DecodeError, Error, StorageError};
+pub use error::{CommandError, Error};
 pub use handle::{AggregateHandle, SendOptions};
 pub use instance::Committed;
-pub use log::Position;
 pub use log::embedded::EmbeddedLog;
 #[cfg(feature = "kafka")]
 pub use log::kafka::{KafkaConfig, KafkaLog};
@@ -82,4 +80,3 @@ pub use log::kafka::{KafkaConfig, KafkaLog};
 pub use ownership::KafkaOwnership;
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use testkit::TestFramework;
-pub use upcast::Upcasters;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::error::StorageError;
+pub use crate::error::StorageError;
 
 pub(crate) mod embedded;
 #[cfg(feature = "kafka")]
@@ -144,7 +144,7 @@ pub trait LogBackend: EventLog + SnapshotStore + CheckpointStore {
 
     /// Whether reading records back is a round trip to another process (a broker). The
     /// runtime keeps a partition's recent events in memory (its tail, see
-    /// [`RuntimeConfig::tail_cache_bytes`](crate::RuntimeConfig::tail_cache_bytes)) by default
+    /// [`RuntimeConfig::tail_cache_bytes`](crate::config::RuntimeConfig::tail_cache_bytes)) by default
     /// only for such backends: from an in-process store a read costs about what the tail
     /// would save. Default = false.
     fn remote_reads(&self) -> bool {

@@ -46,7 +46,7 @@ const REFILL_MAX_GAP: Offset = 4096;
 const TAIL_ENTRY_OVERHEAD: usize = 64;
 
 /// The byte budget every partition tail of one runtime shares
-/// ([`RuntimeConfig::tail_cache_bytes`](crate::RuntimeConfig::tail_cache_bytes)).
+/// ([`RuntimeConfig::tail_cache_bytes`](crate::config::RuntimeConfig::tail_cache_bytes)).
 #[derive(Debug)]
 pub(crate) struct TailBudget {
     limit: usize,

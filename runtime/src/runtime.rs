@@ -352,7 +352,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Builds a [`Runtime`]. Every setting has a documented default (see [`RuntimeConfig`]).
+/// Builds a [`Runtime`]. Every setting has a documented default (see [`RuntimeConfig`](crate::config::RuntimeConfig)).
 #[derive(Default)]
 pub struct RuntimeBuilder {
     backend: Option<Arc<dyn LogBackend>>,

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd};
+use keel::Runtime;
+use keel::config::SnapshotPolicy;
 use keel::log::MemoryLog;
 use keel::log::testing::CountingReads;
-use keel::{Runtime, SnapshotPolicy};
 
 /// A [`MemoryLog`] standing for a remote log, whose reads are counted.
 fn counting_log(partitions: u32) -> Arc<CountingReads> {

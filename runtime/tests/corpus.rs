@@ -11,8 +11,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::{Account, AccountEvent};
-use keel::Upcasters;
 use keel::envelope::{EventEnvelope, SnapshotEnvelope};
+use keel::upcast::Upcasters;
 
 fn corpus(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd};
 use futures::future::BoxFuture;
+use keel::config::SnapshotPolicy;
+use keel::log::StorageError;
 use keel::log::testing::Intercept;
 use keel::log::{
     CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, SnapshotStore,
     aggregate_key,
 };
-use keel::{CommandError, EmbeddedLog, Error, Runtime, SendOptions, SnapshotPolicy, StorageError};
+use keel::{CommandError, EmbeddedLog, Error, Runtime, SendOptions};
 
 async fn start(log: Arc<MemoryLog>) -> Runtime {
     Runtime::builder().backend(log).start().await.unwrap()
@@ -544,8 +546,8 @@ impl keel::Aggregate for Upcasted {
     fn apply(&mut self, event: &common::AccountEvent) {
         self.0.apply(event)
     }
-    fn upcasters() -> keel::Upcasters {
-        keel::Upcasters::new().register("Deposited", 1, |_| panic!("upcaster bug"))
+    fn upcasters() -> keel::upcast::Upcasters {
+        keel::upcast::Upcasters::new().register("Deposited", 1, |_| panic!("upcaster bug"))
     }
 }
 

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd};
 use futures::future::BoxFuture;
+use keel::Runtime;
+use keel::log::StorageError;
 use keel::log::testing::Intercept;
 use keel::log::{
     CheckpointStore, EventLog, LogBackend, LogRecord, MemoryLog, Offset, SnapshotStore,
 };
-use keel::{Runtime, StorageError};
 use tokio::sync::Semaphore;
 
 /// Appends of `slow_key` become durable at once but are acknowledged only when `gate` opens.
@@ -169,9 +170,9 @@ async fn an_uncertain_key_is_settled_and_releases_the_checkpoint() {
     let mem = Arc::new(MemoryLog::new(1));
     let runtime = Runtime::builder()
         .backend(mem.clone())
-        .snapshots(keel::SnapshotPolicy {
+        .snapshots(keel::config::SnapshotPolicy {
             every_events: 1,
-            ..keel::SnapshotPolicy::default()
+            ..keel::config::SnapshotPolicy::default()
         })
         .maintenance_interval(Duration::from_millis(5))
         .start()

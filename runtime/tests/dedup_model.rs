@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd, replay_from_log};
+use keel::config::SnapshotPolicy;
 use keel::log::MemoryLog;
-use keel::{CommandError, Runtime, SendOptions, SnapshotPolicy};
+use keel::{CommandError, Runtime, SendOptions};
 use proptest::prelude::*;
 
 const AGGREGATES: usize = 3;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Account, AccountCommand as Cmd, replay_from_log};
+use keel::Runtime;
+use keel::config::SnapshotPolicy;
 use keel::log::MemoryLog;
-use keel::{Runtime, SnapshotPolicy};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

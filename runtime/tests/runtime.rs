@@ -10,11 +10,12 @@ use std::time::Duration;
 use common::{
     Account, AccountCommand as Cmd, AccountError, AccountEvent, GatedLog, replay_from_log,
 };
+use keel::config::SnapshotPolicy;
 use keel::envelope::SnapshotEnvelope;
 use keel::log::{
     CheckpointStore, EventLog, MemoryLog, SnapshotStore, aggregate_key, partition_for,
 };
-use keel::{CommandError, Runtime, SendOptions, SnapshotPolicy};
+use keel::{CommandError, Runtime, SendOptions};
 
 async fn start(log: Arc<MemoryLog>) -> Runtime {
     Runtime::builder().backend(log).start().await.unwrap()

@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel::config::SnapshotPolicy;
 use keel::log::LogBackend;
 use keel::log::testing::CountingReads;
-use keel::{KafkaConfig, Runtime, SnapshotPolicy};
+use keel::{KafkaConfig, Runtime};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::{AggregateHandle, CommandError, KafkaConfig, Runtime, SendOptions, SnapshotPolicy};
+use keel::{AggregateHandle, CommandError, KafkaConfig, Runtime, SendOptions};
+
+use keel::config::SnapshotPolicy;
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::Tally;
 use rdkafka::consumer::Consumer;

@@ -12,9 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel::config::SnapshotPolicy;
 use keel::envelope::{EventEnvelope, SnapshotEnvelope};
 use keel::log::{EventLog, LogBackend, LogRecord, SnapshotStore};
-use keel::{Aggregate, KafkaConfig, KafkaLog, Runtime, SendOptions, SnapshotPolicy, Upcasters};
+use keel::upcast::Upcasters;
+use keel::{Aggregate, KafkaConfig, KafkaLog, Runtime, SendOptions};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

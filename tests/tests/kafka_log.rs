@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use keel::log::StorageError;
 use keel::log::{CheckpointStore, EventLog, LogBackend, LogRecord, SnapshotStore};
-use keel::{Error, KafkaConfig, StorageError};
+use keel::{Error, KafkaConfig};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;

@@ -17,7 +17,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keel::{KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SnapshotPolicy};
+use keel::{KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
+
+use keel::config::SnapshotPolicy;
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
 use keel_tests::tally::Tally;

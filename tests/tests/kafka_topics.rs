@@ -12,8 +12,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel::config::SnapshotPolicy;
+use keel::log::StorageError;
 use keel::log::{CheckpointStore, EventLog, LogRecord, SnapshotStore};
-use keel::{Aggregate, Error, KafkaConfig, Runtime, SnapshotPolicy, StorageError};
+use keel::{Aggregate, Error, KafkaConfig, Runtime};
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel::envelope::EventEnvelope;
+use keel::log::StorageError;
 use keel::log::{EventLog, LogBackend, LogRecord, SnapshotStore, StoredRecord};
-use keel::{
-    CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SendOptions, StorageError,
-};
+use keel::{CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime, SendOptions};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
 use keel_tests::tally::Tally;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use keel::DecodeError;
+use keel::envelope::DecodeError;
 use keel::log::{Offset, StoredRecord};
 
 use super::store::{ApplyRecord, ReadView, ViewBase, ViewReader, ViewStore, apply_from};

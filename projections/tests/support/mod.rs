@@ -3,9 +3,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use keel::Aggregate;
 use keel::envelope::EventEnvelope;
+use keel::log::Position;
 use keel::log::{EventLog, LogRecord, aggregate_key, partition_for};
-use keel::{Aggregate, Position};
 use keel_projections::{AggregateProjection, ApplyError, EventMeta, ViewMut};
 use serde::{Deserialize, Serialize};
 

@@ -8,7 +8,7 @@
 //! # use futures::future::BoxFuture;
 //! use keel::log::testing::Intercept;
 //! use keel::log::{EventLog, LogBackend, MemoryLog, Offset, StoredRecord};
-//! use keel::StorageError;
+//! use keel::log::StorageError;
 //!
 //! struct CountingReads {
 //!     inner: MemoryLog,

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use keel::Aggregate;
+use keel::log::StorageError;
 use keel::log::testing::Intercept;
 use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog, Offset};
-use keel::{Aggregate, StorageError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -91,7 +92,7 @@ pub fn replay_from_log(log: &MemoryLog, key: &str) -> (Account, u64) {
         assert_eq!(env.seq, seq + 1, "sequence gap or duplicate in {key}");
         seq = env.seq;
         let event = env
-            .decode_event::<Account>(&keel::Upcasters::new(), &record.position)
+            .decode_event::<Account>(&keel::upcast::Upcasters::new(), &record.position)
             .unwrap();
         state.apply(&event);
     }

@@ -27,7 +27,7 @@ async fn main() {
     };
     let runtime = match Runtime::builder()
         .backend(log)
-        .snapshots(keel::SnapshotPolicy {
+        .snapshots(keel::config::SnapshotPolicy {
             every_events: 7,
             ..Default::default()
         })

@@ -101,7 +101,7 @@ impl KafkaConfig {
     /// The largest snapshot (encoded envelope) the log stores. The snapshots topic is created
     /// with a matching `max.message.bytes` (an existing one must allow it), and the producer
     /// with a matching `message.max.bytes`. A larger snapshot is not written: saving it fails
-    /// with [`StorageError::TooLarge`](crate::StorageError::TooLarge) naming this limit, and
+    /// with [`StorageError::TooLarge`](crate::log::StorageError::TooLarge) naming this limit, and
     /// the aggregate goes on from its events.
     ///
     /// Default = 8 MiB.
@@ -150,7 +150,7 @@ impl KafkaConfig {
     /// The transactional (fencing) mode. Each partition this instance owns gets its own
     /// transactional producer (`transactional.id = "{app_id}-{partition}"`); creating it fences
     /// the producer of the partition's previous owner, whose later appends fail with
-    /// [`StorageError::Fenced`](crate::StorageError::Fenced) instead of reaching the log. The
+    /// [`StorageError::Fenced`](crate::log::StorageError::Fenced) instead of reaching the log. The
     /// events and snapshots of a partition are written in that partition's transactions,
     /// appends are answered once their transaction committed, and every read is
     /// `read_committed`. Checkpoints stay outside the transactions.
