@@ -11,7 +11,7 @@
 //! Views are either in memory (rebuilt from the log at every start) or persisted in an embedded
 //! fjall database, where each batch's changes and the checkpoint commit as one atomic write: every event
 //! is applied exactly once, across crashes. A poison event stops the projection or is skipped
-//! and counted, per [`PoisonPolicy`] — never ignored silently. [`History`] serves one
+//! and counted, per [`PoisonPolicy`] — never ignored silently. [`History`](history::History) serves one
 //! aggregate's audit trail and past states from the log; [`SwitchableView`] swaps in a
 //! rebuilt version of a view once it has caught up.
 //!
@@ -21,9 +21,8 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
-//! use keel::log::Position;
 //! use keel::envelope::EventEnvelope;
-//! use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog};
+//! use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog, Position};
 //! use keel_projections::{ApplyError, Projection, ProjectionRunner, ViewMut};
 //!
 //! /// Events per aggregate type.
@@ -84,7 +83,7 @@
 //! | file | concept |
 //! |---|---|
 //! | `entry.rs` | [`ViewKey`], [`ViewValue`]: what view entries are made of |
-//! | `decode.rs` | [`AggregateEvents`]: typed decoding and upcasting of envelopes, errors located by aggregate, partition and offset |
+//! | `decode.rs` | [`AggregateEvents`](decode::AggregateEvents): typed decoding and upcasting of envelopes, errors located by aggregate, partition and offset |
 //! | `view.rs` | [`ViewMut`] (one event's atomic changes) |
 //! | `view/store.rs` | the storage seam of views: written by the actor, read by queries |
 //! | `view/memory.rs` | in-memory views (`DashMap`) |
@@ -92,13 +91,13 @@
 //! | `projection.rs` | [`Projection`] (the raw seam), [`PoisonPolicy`], [`ApplyError`] |
 //! | `typed.rs` | [`AggregateProjection`] (the typed seam), [`EventMeta`], [`TypedError`] |
 //! | `apply.rs` | one record through one projection: filter, decode, apply atomically, poison |
-//! | `status.rs` | [`ProjectionStatus`], [`ProjectionState`] |
+//! | `status.rs` | [`ProjectionStatus`](status::ProjectionStatus), [`ProjectionState`](status::ProjectionState) |
 //! | `actor.rs` | the projection actor and its per-partition reading tasks; ordering guarantees |
 //! | `query.rs` | [`ViewHandle`]: queries, `wait_for`, lag |
 //! | `runner.rs` | [`ProjectionRunner`]: settings, and starting a view in memory or persisted |
 //! | `rebuild.rs` | [`SwitchableView`]: rebuild a new version beside the old, then switch |
 //! | `replay.rs` | [`replay`]: a projection over given records into an empty view, for checks and tests |
-//! | `history.rs` | [`History`]: an aggregate's events and past states, from the log |
+//! | `history.rs` | [`History`](history::History): an aggregate's events and past states, from the log |
 //! | `error.rs` | [`ProjectionError`] |
 //!
 //! Each file uses only files above it in this table (and `error.rs`).
@@ -112,28 +111,25 @@
 
 mod actor;
 mod apply;
-mod decode;
+pub mod decode;
 mod entry;
 mod error;
-mod history;
+pub mod history;
 mod projection;
 mod query;
 mod rebuild;
 mod replay;
 mod runner;
-mod status;
+pub mod status;
 mod typed;
 mod view;
 
-pub use decode::AggregateEvents;
 pub use entry::{ViewKey, ViewValue};
 pub use error::ProjectionError;
-pub use history::{History, HistoryEntry, StateAt};
 pub use projection::{ApplyError, PoisonPolicy, Projection};
 pub use query::ViewHandle;
 pub use rebuild::SwitchableView;
 pub use replay::replay;
 pub use runner::ProjectionRunner;
-pub use status::{ProjectionState, ProjectionStatus};
 pub use typed::{AggregateProjection, EventMeta, TypedError};
 pub use view::ViewMut;

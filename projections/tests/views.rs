@@ -10,10 +10,9 @@ use std::time::Duration;
 use keel::Runtime;
 use keel::log::Position;
 use keel::log::{EventLog, LogBackend, MemoryLog};
-use keel_projections::{
-    History, PoisonPolicy, ProjectionError, ProjectionRunner, ProjectionState, SwitchableView,
-    replay,
-};
+use keel_projections::history::History;
+use keel_projections::status::ProjectionState;
+use keel_projections::{PoisonPolicy, ProjectionError, ProjectionRunner, SwitchableView, replay};
 use proptest::prelude::*;
 use support::{
     Account, AccountCommand, AccountEvent, Balance, Balances, Picky, Totals, all_records, append,

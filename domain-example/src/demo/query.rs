@@ -4,7 +4,7 @@
 use anyhow::Context;
 use inventory::{StockEvent, StockItem, StockItemId};
 use keel::Runtime;
-use keel_projections::History;
+use keel_projections::history::History;
 use serde::Serialize;
 
 use super::backend;
