@@ -9,7 +9,6 @@
 use std::sync::atomic::Ordering;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{Instrument, info_span, warn};
 
@@ -18,30 +17,15 @@ mod execute;
 mod guard;
 mod live;
 
-use execute::execute_batch;
+pub use execute::Committed;
+use execute::{execute_batch, restarting};
 pub(crate) use live::AggregateArgs;
 use live::{ActivationFailure, Live, snapshot};
 
 use crate::aggregate::Aggregate;
 use crate::error::{CommandError, short};
-use crate::log::Position;
 use crate::metrics::Outcome;
 use crate::shared::InFlightPermit;
-
-/// The outcome of a committed command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Committed<E> {
-    /// The events the command caused, now durable (empty when it caused none).
-    pub events: Vec<E>,
-    /// The aggregate's sequence number after the command.
-    pub seq: u64,
-    /// The log position of the command's last event; `None` when it caused no event. A view
-    /// that has passed this position shows the command's effect.
-    pub position: Option<Position>,
-    /// True when this is the remembered outcome of an earlier command with the same id:
-    /// nothing was appended this time.
-    pub deduplicated: bool,
-}
 
 pub(crate) type Reply<A> = oneshot::Sender<
     Result<Committed<<A as Aggregate>::Event>, CommandError<<A as Aggregate>::Error>>,
@@ -217,13 +201,6 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
 fn stop<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, args: &AggregateArgs) {
     args.shared.unregister(&args.key, myself.get_id());
     let _ = myself.drain();
-}
-
-fn restarting<E: std::error::Error>(key: &str) -> CommandError<E> {
-    CommandError::Unavailable {
-        aggregate: short(key).into_owned(),
-        reason: "its actor is restarting after a failed command".into(),
-    }
 }
 
 /// Whether to keep the commands buffered so far for a larger batch: only while more

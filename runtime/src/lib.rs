@@ -15,7 +15,8 @@
 //! | `ownership.rs` | `KafkaOwnership` (feature `kafka`): partition ownership through the consumer group |
 //! | `shared.rs` | the state the runtime core shares: live actors, shards and their messages, admission, passivation |
 //! | `shard.rs` | the shard actor per partition: get-or-spawn, passivation, recovery |
-//! | `instance.rs` | the aggregate actor: one command at a time, deduplicated retries |
+//! | `instance.rs` | the aggregate actor: its messages, activation on the first one, batching what queues up, passivation |
+//! | `instance/execute.rs` | [`Committed`]; a batch of queued commands: decided in order, appended as one unit, answered one by one |
 //! | `instance/live.rs` | a live aggregate's state and arguments; writing its snapshot |
 //! | `instance/guard.rs` | panics in application code (upcasters, serde) as errors |
 //! | `instance/activation.rs` | activation: the snapshot, then the events after it |

@@ -9,16 +9,40 @@ use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use super::guard::{decode_guarded, panic_message, unwind_to_err};
+use super::live::AggregateArgs;
 use super::live::{Live, RECENT_OUTCOMES, SnapshotError, snapshot};
-use super::{AggregateArgs, Committed, restarting};
 use crate::aggregate::Aggregate;
 use crate::dedup::{Remembered, now_ms};
 use crate::envelope::{EventEnvelope, EventEnvelopeRef, encode_event};
 use crate::error::{CommandError, DecodeError, StorageError, short};
 use crate::log::{LogRecord, Offset, Position, at};
+
+/// The outcome of a committed command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Committed<E> {
+    /// The events the command caused, now durable (empty when it caused none).
+    pub events: Vec<E>,
+    /// The aggregate's sequence number after the command.
+    pub seq: u64,
+    /// The log position of the command's last event; `None` when it caused no event. A view
+    /// that has passed this position shows the command's effect.
+    pub position: Option<Position>,
+    /// True when this is the remembered outcome of an earlier command with the same id:
+    /// nothing was appended this time.
+    pub deduplicated: bool,
+}
+
+/// The retryable answer to a command its actor never ran: it is restarting from the log.
+pub(crate) fn restarting<E: std::error::Error>(key: &str) -> CommandError<E> {
+    CommandError::Unavailable {
+        aggregate: short(key).into_owned(),
+        reason: "its actor is restarting after a failed command".into(),
+    }
+}
 
 /// What a caller is answered.
 pub(super) type Outcome<A> =

@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::clients::producer_client_config;
-use super::transactions::{PartitionProducer, TxnAppend, TxnSettings};
+use super::transactions::{PartitionProducer, TxnAppend, TxnSettings, offer};
 use super::{KafkaLog, TxnSlot};
 use crate::error::StorageError;
 use crate::log::{LogBackend, Offset};
@@ -234,31 +234,4 @@ impl KafkaLog {
 pub(super) async fn join_producer(producer: PartitionProducer) {
     let thread = producer.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-}
-
-/// Offers one record to `producer`: its delivery future, or `None` when the producer's queue
-/// is full and `timeout` since `started` has not passed yet (the caller waits and offers it
-/// again).
-pub(super) fn offer(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: u32,
-    key: &str,
-    value: &[u8],
-    started: Instant,
-    timeout: Duration,
-) -> Result<Option<DeliveryFuture>, KafkaError> {
-    let record = FutureRecord::to(topic)
-        .partition(partition as i32)
-        .key(key)
-        .payload(value);
-    match producer.send_result(record) {
-        Ok(delivery) => Ok(Some(delivery)),
-        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-            if started.elapsed() < timeout =>
-        {
-            Ok(None)
-        }
-        Err((e, _)) => Err(e),
-    }
 }

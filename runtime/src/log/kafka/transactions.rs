@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 
-use super::producer::offer;
 use crate::error::StorageError;
 use crate::log::Offset;
 
@@ -413,4 +412,31 @@ fn send(
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Only an Option is replaced under this lock; a panic cannot leave it inconsistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Offers one record to `producer`: its delivery future, or `None` when the producer's queue
+/// is full and `timeout` since `started` has not passed yet (the caller waits and offers it
+/// again).
+pub(super) fn offer(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: u32,
+    key: &str,
+    value: &[u8],
+    started: Instant,
+    timeout: Duration,
+) -> Result<Option<DeliveryFuture>, KafkaError> {
+    let record = FutureRecord::to(topic)
+        .partition(partition as i32)
+        .key(key)
+        .payload(value);
+    match producer.send_result(record) {
+        Ok(delivery) => Ok(Some(delivery)),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+            if started.elapsed() < timeout =>
+        {
+            Ok(None)
+        }
+        Err((e, _)) => Err(e),
+    }
 }
