@@ -247,11 +247,6 @@ proptest! {
         every in 1u64..6,
         cap in 1usize..4,
     ) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(run(steps, every, cap));
+        common::block_on(run(steps, every, cap));
     }
 }

@@ -58,12 +58,7 @@ proptest! {
         every in 1u64..8,
         cap in 1usize..4,
     ) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async move {
+        common::block_on(async move {
             let log = Arc::new(MemoryLog::new(2));
             let mut runtime = start(log.clone(), every, cap).await;
             for step in steps {

@@ -18,6 +18,21 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The `KafkaConfig` of a test: its app id, topic prefix and partition count, and a short
+/// linger so single commands do not wait for company.
+pub fn kafka_config(
+    bootstrap: &str,
+    app: impl Into<String>,
+    prefix: impl Into<String>,
+    partitions: u32,
+) -> keel::KafkaConfig {
+    keel::KafkaConfig::new(bootstrap)
+        .app_id(app)
+        .topic_prefix(prefix)
+        .partitions(partitions)
+        .linger(Duration::from_millis(1))
+}
+
 /// Every event of `log`, in partition and offset order: each partition read from offset 0 to
 /// its end offset. Panics when a partition stops before its end or a record does not decode.
 pub async fn read_events(log: &dyn keel::log::EventLog) -> Vec<keel::envelope::EventEnvelope> {

@@ -24,11 +24,7 @@ const SNAPSHOT_EVERY_10: SnapshotPolicy = SnapshotPolicy {
 };
 
 fn config(bootstrap: &str, prefix: &str, transactional: bool) -> KafkaConfig {
-    KafkaConfig::new(bootstrap)
-        .app_id(format!("{prefix}-app"))
-        .topic_prefix(prefix)
-        .partitions(1)
-        .linger(Duration::from_millis(1))
+    keel_tests::kafka_config(bootstrap, format!("{prefix}-app"), prefix, 1)
         .commit_interval(Duration::from_millis(5))
         .transactional(transactional)
 }

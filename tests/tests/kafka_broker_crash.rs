@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::{AggregateHandle, CommandError, KafkaConfig, Runtime, SendOptions};
+use keel::{AggregateHandle, CommandError, Runtime, SendOptions};
 
 use keel::config::SnapshotPolicy;
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
@@ -206,14 +206,15 @@ async fn crash_under_load(name: &str, nodes: u32, fault: Fault) {
     .await;
     let prefix = unique_topic_prefix(&format!("broker-crash-{name}"));
     let log = Arc::new(
-        KafkaConfig::new(broker.bootstrap())
-            .app_id(format!("{prefix}-app"))
-            .topic_prefix(&prefix)
-            .partitions(PARTITIONS)
-            .linger(Duration::from_millis(2))
-            .open()
-            .await
-            .expect("open the kafka log"),
+        keel_tests::kafka_config(
+            broker.bootstrap(),
+            format!("{prefix}-app"),
+            &prefix,
+            PARTITIONS,
+        )
+        .open()
+        .await
+        .expect("open the kafka log"),
     );
     let runtime = Runtime::builder()
         .backend(log.clone())

@@ -120,11 +120,7 @@ impl Aggregate for Ledger {
 }
 
 fn config(bootstrap: &str, prefix: &str) -> KafkaConfig {
-    KafkaConfig::new(bootstrap)
-        .app_id(format!("{prefix}-app"))
-        .topic_prefix(prefix)
-        .partitions(PARTITIONS)
-        .linger(Duration::from_millis(2))
+    keel_tests::kafka_config(bootstrap, format!("{prefix}-app"), prefix, PARTITIONS)
 }
 
 /// The interop client's interpreter: `$KEEL_CACHE/python/bin/python`.

@@ -13,11 +13,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 
 fn config(bootstrap: &str, prefix: &str, partitions: u32) -> KafkaConfig {
-    KafkaConfig::new(bootstrap)
-        .app_id("keel-kafka-log-test")
-        .topic_prefix(prefix)
-        .partitions(partitions)
-        .linger(Duration::from_millis(1))
+    keel_tests::kafka_config(bootstrap, "keel-kafka-log-test", prefix, partitions)
 }
 
 fn record(key: &str, value: &str) -> LogRecord {

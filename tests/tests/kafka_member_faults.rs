@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keel::{KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
+use keel::{KafkaLog, KafkaOwnership, Runtime};
 
 use keel::config::SnapshotPolicy;
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
@@ -143,11 +143,7 @@ impl Member {
 
 async fn survivor(bootstrap: &str, prefix: &str, app: &str) -> (Arc<KafkaLog>, Runtime) {
     let log = Arc::new(
-        KafkaConfig::new(bootstrap)
-            .app_id(app)
-            .topic_prefix(prefix)
-            .partitions(PARTITIONS)
-            .linger(Duration::from_millis(2))
+        keel_tests::kafka_config(bootstrap, app, prefix, PARTITIONS)
             .open()
             .await
             .expect("open"),

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::{CommandError, KafkaConfig, KafkaLog, KafkaOwnership, Runtime};
+use keel::{CommandError, KafkaLog, KafkaOwnership, Runtime};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::eventually;
 use keel_tests::tally::{Tally, send_to_owner as send};
@@ -36,11 +36,7 @@ async fn instance_with(
     command_timeout: Duration,
 ) -> Instance {
     let log = Arc::new(
-        KafkaConfig::new(bootstrap)
-            .app_id(app)
-            .topic_prefix(prefix)
-            .partitions(PARTITIONS)
-            .linger(Duration::from_millis(2))
+        keel_tests::kafka_config(bootstrap, app, prefix, PARTITIONS)
             .open()
             .await
             .expect("open the kafka log"),
@@ -276,10 +272,7 @@ async fn ownership_is_configured_once_and_conflicting_settings_are_refused() {
     let prefix = unique_topic_prefix("configured-once");
     let app = format!("{prefix}-app");
     let log = Arc::new(
-        KafkaConfig::new(&bootstrap)
-            .app_id(&app)
-            .topic_prefix(&prefix)
-            .partitions(PARTITIONS)
+        keel_tests::kafka_config(&bootstrap, &app, &prefix, PARTITIONS)
             .open()
             .await
             .expect("open"),

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel::Runtime;
 use keel::log::LogBackend;
-use keel::{KafkaConfig, Runtime};
 use keel_projections::{AggregateProjection, ApplyError, EventMeta, ProjectionRunner, ViewMut};
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
 use keel_tests::tally::{Tally, TallyEvent};
@@ -50,11 +50,7 @@ async fn a_view_over_kafka_reads_its_own_writes_and_equals_the_log() {
     };
     let prefix = unique_topic_prefix("views");
     let log = Arc::new(
-        KafkaConfig::new(&bootstrap)
-            .app_id(format!("{prefix}-app"))
-            .topic_prefix(&prefix)
-            .partitions(3)
-            .linger(Duration::from_millis(2))
+        keel_tests::kafka_config(&bootstrap, format!("{prefix}-app"), &prefix, 3)
             .open()
             .await
             .expect("open"),

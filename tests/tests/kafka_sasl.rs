@@ -71,11 +71,7 @@ fn sasl_app(name: &str) -> String {
 }
 
 fn base(bootstrap: &str, app: &str) -> KafkaConfig {
-    KafkaConfig::new(bootstrap)
-        .app_id(app)
-        .topic_prefix(app)
-        .partitions(PARTITIONS)
-        .linger(Duration::from_millis(2))
+    keel_tests::kafka_config(bootstrap, app, app, PARTITIONS)
         .request_timeout(Duration::from_secs(5))
 }
 

@@ -27,11 +27,7 @@ use serde::{Deserialize, Serialize};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn config(bootstrap: &str, prefix: &str) -> KafkaConfig {
-    KafkaConfig::new(bootstrap)
-        .app_id(format!("{prefix}-app"))
-        .topic_prefix(prefix)
-        .partitions(2)
-        .linger(Duration::from_millis(1))
+    keel_tests::kafka_config(bootstrap, format!("{prefix}-app"), prefix, 2)
 }
 
 fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
@@ -428,8 +424,15 @@ async fn the_transactional_end_offset_is_the_last_stable_offset() {
     log.append(0, vec![record("a", b"1"), record("a", b"2")])
         .await
         .expect("append");
-    let committed_end = log.end_offset(0).await.expect("end offset");
-    assert!(committed_end >= 2, "end {committed_end}");
+    // Two records and the commit marker, which the coordinator writes after the commit
+    // returns: the end settles at 3.
+    let mut committed_end = log.end_offset(0).await.expect("end offset");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while committed_end < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        committed_end = log.end_offset(0).await.expect("end offset");
+    }
+    assert_eq!(committed_end, 3, "two records and the commit marker");
 
     // Another producer opens a transaction on the partition and leaves it open.
     let topic = log.events_topic().to_owned();

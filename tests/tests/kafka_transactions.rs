@@ -20,11 +20,7 @@ use keel_tests::tally::Tally;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 fn config(bootstrap: &str, prefix: &str, app: &str, partitions: u32) -> KafkaConfig {
-    KafkaConfig::new(bootstrap)
-        .app_id(app)
-        .topic_prefix(prefix)
-        .partitions(partitions)
-        .linger(Duration::from_millis(1))
+    keel_tests::kafka_config(bootstrap, app, prefix, partitions)
         .commit_interval(Duration::from_millis(5))
         .transactional(true)
 }

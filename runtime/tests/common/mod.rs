@@ -138,3 +138,14 @@ impl Intercept for GatedLog {
         "gated memory".into()
     }
 }
+
+/// Runs `future` to completion on a fresh two-worker tokio runtime: for property tests,
+/// whose cases are plain functions.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
