@@ -23,6 +23,7 @@ mod tests;
 mod uncovered;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -88,7 +89,16 @@ pub(crate) struct PartitionState {
 #[derive(Default)]
 struct Refill {
     running: bool,
-    waiting: Vec<(Vec<Offset>, RefillReply)>,
+    waiting: Vec<(Want, RefillReply)>,
+}
+
+/// What one activation wants read.
+enum Want {
+    /// The records at these offsets (ascending): events the tail does not hold.
+    Offsets(Vec<Offset>),
+    /// Every record of `key` in `range`: a replay whose offsets are not known one by one
+    /// (an unusable snapshot, a key whose index holds only a span).
+    Key { key: String, range: Range<Offset> },
 }
 
 type RefillReply = oneshot::Sender<Result<Vec<StoredRecord>, StorageError>>;
@@ -220,10 +230,38 @@ impl PartitionState {
         backend: &Arc<dyn LogBackend>,
         offsets: Vec<Offset>,
     ) -> Result<Vec<StoredRecord>, StorageError> {
+        self.read_wanted_records(backend, Want::Offsets(offsets))
+            .await
+    }
+
+    /// Every record of `key` in `range`, read by the partition's one reader: activations that
+    /// scan the partition at the same time (after a `STATE_VERSION` change, say) share one
+    /// sequential pass instead of one each. Ascending.
+    pub(crate) async fn scan_key(
+        self: &Arc<Self>,
+        backend: &Arc<dyn LogBackend>,
+        key: &str,
+        range: Range<Offset>,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let want = Want::Key {
+            key: key.to_owned(),
+            range,
+        };
+        self.read_wanted_records(backend, want).await
+    }
+
+    async fn read_wanted_records(
+        self: &Arc<Self>,
+        backend: &Arc<dyn LogBackend>,
+        want: Want,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut refill = lock(&self.refill);
-            refill.waiting.push((offsets, reply));
+            refill.waiting.push((want, reply));
             !std::mem::replace(&mut refill.running, true)
         };
         if start {
@@ -438,27 +476,92 @@ async fn refill_loop(mut running: RefillRunning, backend: Arc<dyn LogBackend>) {
             }
             std::mem::take(&mut refill.waiting)
         };
-        let mut wanted: Vec<Offset> = batch
-            .iter()
-            .flat_map(|(offsets, _)| offsets.iter().copied())
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        match read_wanted(&*backend, part.partition, &wanted).await {
-            Ok(mut found) => {
-                for (offsets, reply) in batch {
-                    // Two activations of one key never run at once, so no offset is wanted
-                    // twice: each record moves to its one activation.
-                    let records = offsets.iter().filter_map(|o| found.remove(o)).collect();
-                    let _ = reply.send(Ok(records));
-                }
-            }
-            Err(e) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        let (by_offset, by_key): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(want, _)| matches!(want, Want::Offsets(_)));
+        if !by_offset.is_empty() {
+            serve_offsets(&*backend, part.partition, by_offset).await;
+        }
+        if !by_key.is_empty() {
+            serve_keys(&*backend, part.partition, by_key).await;
+        }
+    }
+}
+
+/// Answers activations that want records by offset, from one pass over their union.
+async fn serve_offsets(backend: &dyn LogBackend, partition: u32, batch: Vec<(Want, RefillReply)>) {
+    let mut wanted: Vec<Offset> = batch
+        .iter()
+        .flat_map(|(want, _)| match want {
+            Want::Offsets(offsets) => offsets.as_slice(),
+            Want::Key { .. } => &[],
+        })
+        .copied()
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    match read_wanted(backend, partition, &wanted).await {
+        Ok(mut found) => {
+            for (want, reply) in batch {
+                // Two activations of one key never run at once, so no offset is wanted
+                // twice: each record moves to its one activation.
+                let Want::Offsets(offsets) = want else {
+                    continue;
+                };
+                let records = offsets.iter().filter_map(|o| found.remove(o)).collect();
+                let _ = reply.send(Ok(records));
             }
         }
+        Err(e) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Answers activations that want every record of their key in a range, from one contiguous
+/// pass over the union of the ranges.
+async fn serve_keys(backend: &dyn LogBackend, partition: u32, batch: Vec<(Want, RefillReply)>) {
+    let mut wants: HashMap<String, (Range<Offset>, Vec<StoredRecord>, RefillReply)> =
+        HashMap::with_capacity(batch.len());
+    let (mut from, mut to) = (Offset::MAX, 0);
+    for (want, reply) in batch {
+        if let Want::Key { key, range } = want {
+            from = from.min(range.start);
+            to = to.max(range.end);
+            // Two activations of one key never run at once: one entry per key.
+            wants.insert(key, (range, Vec::new(), reply));
+        }
+    }
+    let mut failure = None;
+    while from < to {
+        let max = (to - from).min(REFILL_READ_BATCH as Offset) as usize;
+        let records = match backend
+            .read(partition, from, max, std::time::Duration::ZERO)
+            .await
+        {
+            Ok(records) => records,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let Some(last) = records.last() else { break };
+        from = last.position.offset + 1;
+        for record in records {
+            if let Some((range, found, _)) = wants.get_mut(&record.key)
+                && range.contains(&record.position.offset)
+            {
+                found.push(record);
+            }
+        }
+    }
+    for (_, (_, found, reply)) in wants {
+        let _ = reply.send(match &failure {
+            Some(e) => Err(e.clone()),
+            None => Ok(found),
+        });
     }
 }
 

@@ -143,3 +143,89 @@ async fn an_evicted_tail_is_read_back_in_one_pass_not_one_read_per_event() {
     // All fits.
     assert_eq!(reads_to_activate_with_budget(1 << 20).await, 0);
 }
+
+/// `Account` with a new state version: its old snapshots cannot be used.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct AccountV2(Account);
+
+impl keel::Aggregate for AccountV2 {
+    const TYPE: &'static str = "Account";
+    const STATE_VERSION: u32 = 2;
+    type Command = Cmd;
+    type Event = common::AccountEvent;
+    type Error = common::AccountError;
+    fn handle(&self, command: Cmd) -> Result<Vec<common::AccountEvent>, common::AccountError> {
+        self.0.handle(command)
+    }
+    fn apply(&mut self, event: &common::AccountEvent) {
+        self.0.apply(event)
+    }
+}
+
+/// Counts reads and, while armed, holds every `end_offset` call until `barrier` is full: the
+/// activations then reach their scans of the partition at the same moment.
+struct BarrierLog {
+    inner: CountingReads,
+    armed: std::sync::atomic::AtomicBool,
+    barrier: tokio::sync::Barrier,
+}
+
+impl keel::log::testing::Intercept for BarrierLog {
+    fn inner(&self) -> &dyn keel::log::LogBackend {
+        &self.inner
+    }
+    fn end_offset(
+        &self,
+        partition: u32,
+    ) -> futures::future::BoxFuture<'_, Result<keel::log::Offset, keel::log::StorageError>> {
+        use keel::log::EventLog;
+        Box::pin(async move {
+            if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+                self.barrier.wait().await;
+            }
+            EventLog::end_offset(&self.inner, partition).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn after_a_state_version_change_concurrent_activations_share_one_scan() {
+    const AGGREGATES: usize = 20;
+    let log = Arc::new(BarrierLog {
+        inner: CountingReads::new(Arc::new(MemoryLog::new(1))),
+        armed: std::sync::atomic::AtomicBool::new(false),
+        barrier: tokio::sync::Barrier::new(AGGREGATES),
+    });
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(SNAPSHOT_EVERY_10)
+        .start()
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..AGGREGATES).map(|i| format!("acc-{i}")).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    interleaved(&runtime, &id_refs, 30).await;
+    runtime.shutdown().await.unwrap();
+
+    // A new build with another state version: every snapshot is unusable, and each
+    // aggregate's events are spread over the whole partition.
+    let runtime = Runtime::builder()
+        .backend(log.clone())
+        .snapshots(SNAPSHOT_EVERY_10)
+        .start()
+        .await
+        .unwrap();
+    let accounts = runtime.aggregate::<AccountV2>();
+    log.inner.take_reads();
+    log.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let balances =
+        futures::future::join_all(ids.iter().map(|id| accounts.query(id, |s| s.0.balance))).await;
+    log.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    for balance in balances {
+        assert_eq!(balance.unwrap(), 30);
+    }
+    // 600 events fit one read; one scan each would take 20.
+    let reads = log.inner.take_reads();
+    assert!(reads <= 2, "{reads} reads for {AGGREGATES} full replays");
+    runtime.shutdown().await.unwrap();
+}

@@ -239,7 +239,8 @@ async fn find_failed_appends(args: &AggregateArgs, floor: Offset) -> Result<(), 
 
 /// Replays the events of the aggregate from `from` to `to` (inclusive; the partition's end
 /// when `None`) by scanning the partition: from 0 when its snapshot cannot be used, over its
-/// span when the recovery index does not list its offsets.
+/// span when the recovery index does not list its offsets. The partition's reader does the
+/// scan, shared with every other activation scanning at the same time.
 async fn replay_range<A: Aggregate>(
     live: &mut Live<A>,
     args: &AggregateArgs,
@@ -256,23 +257,14 @@ async fn replay_range<A: Aggregate>(
             .await
             .map_err(ActivationFailure::Storage)?,
     };
-    let mut from = from;
+    let records = args
+        .partition
+        .scan_key(&args.shared.backend, &args.key, from..end)
+        .await
+        .map_err(ActivationFailure::Storage)?;
     let mut replayed = 0;
-    while from < end {
-        let records = args
-            .shared
-            .backend
-            .read(partition, from, 4096, std::time::Duration::ZERO)
-            .await
-            .map_err(ActivationFailure::Storage)?;
-        let Some(last) = records.last() else { break };
-        from = last.position.offset + 1;
-        for record in records
-            .iter()
-            .filter(|r| r.key == args.key && r.position.offset < end)
-        {
-            replayed += apply_record(live, args, &record.value, record.position)?;
-        }
+    for record in &records {
+        replayed += apply_record(live, args, &record.value, record.position)?;
     }
     Ok(replayed)
 }
