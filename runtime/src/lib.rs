@@ -20,7 +20,8 @@
 //! | `instance/live.rs` | a live aggregate's state and arguments; writing its snapshot |
 //! | `instance/guard.rs` | panics in application code (upcasters, serde) as errors |
 //! | `instance/activation.rs` | activation: the snapshot, then the events after it |
-//! | `partition.rs` | the recovery index, tail and checkpoint of one partition; its one reader, shared by activations |
+//! | `partition.rs` | the recovery index, tail and checkpoint of one partition |
+//! | `partition/reader.rs` | the partition's one reader of the log, its passes shared by activations |
 //! | `partition/uncovered.rs` | the per-key offsets no snapshot covers yet |
 //! | `dedup.rs` | the command ids an aggregate remembers, by count and by age |
 //! | `log.rs` | the log model and storage seams: [`EventLog`](log::EventLog), [`SnapshotStore`](log::SnapshotStore), [`CheckpointStore`](log::CheckpointStore) |

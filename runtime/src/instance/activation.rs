@@ -170,6 +170,7 @@ async fn replay_offsets<A: Aggregate>(
     } else {
         metrics::counter!(m::TAIL_MISSES, "aggregate" => A::TYPE).increment(missing.len() as u64);
         args.partition
+            .reader
             .read_missing(&args.shared.backend, missing)
             .await
             .map_err(ActivationFailure::Storage)?
@@ -259,6 +260,7 @@ async fn replay_range<A: Aggregate>(
     };
     let records = args
         .partition
+        .reader
         .scan_key(&args.shared.backend, &args.key, from..end)
         .await
         .map_err(ActivationFailure::Storage)?;
