@@ -1,6 +1,7 @@
-//! keel on a cluster that requires SASL/SCRAM-SHA-512 and enforces ACLs (`scripts/broker start
-//! --sasl`): credentials given only as client properties reach every client keel creates (the
-//! admin client, producers, readers, checkpoint consumers and the ownership group member);
+//! keel on a cluster that requires SASL/SCRAM-SHA-512 (in plain text and over TLS) and
+//! enforces ACLs (`scripts/broker start --sasl`): credentials given only as client properties
+//! reach every client keel creates (the admin client, producers, readers, checkpoint
+//! consumers and the ownership group member);
 //! missing, wrong and unauthorized credentials fail in bounded time with errors that say
 //! where and why; and no password ever shows in a log line or an error.
 //!
@@ -200,6 +201,33 @@ async fn sasl_credentials_reach_every_client_and_never_show() {
     let txn = with_credentials(base(&bootstrap, &txn_app), "keel", &password).transactional(true);
     texts.push(("the transactional config".into(), format!("{txn:?}")));
     serve_commands(txn, &txn_app, "sasl-txn:1").await;
+
+    // The same over TLS (SASL_SSL), the brokers' certificate checked against the cluster's
+    // own CA; without that CA the certificate is refused, and the error says so.
+    let tls_bootstrap = cluster.export("KEEL_KAFKA_SASL_SSL_BOOTSTRAP").to_owned();
+    let ca = cluster.export("KEEL_KAFKA_SASL_CA").to_owned();
+    let tls_app = sasl_app("tls");
+    let over_tls = |app: &str| {
+        with_credentials(base(&tls_bootstrap, app), "keel", &password)
+            .client_property("security.protocol", "SASL_SSL")
+    };
+    let tls = over_tls(&tls_app).client_property("ssl.ca.location", &ca);
+    texts.push(("the TLS config".into(), format!("{tls:?}")));
+    serve_commands(tls, &tls_app, "sasl-tls:1").await;
+    let error = open_fails(over_tls(&sasl_app("untrusted")), "over TLS without the CA").await;
+    let text = error.to_string();
+    assert!(
+        text.contains(&tls_bootstrap),
+        "names the bootstrap servers: {text}"
+    );
+    assert!(
+        text.contains("certificate verify failed"),
+        "says the brokers' certificate was not trusted: {text}"
+    );
+    texts.push((
+        "the error over TLS without the CA".into(),
+        format!("{error} / {error:?}"),
+    ));
 
     // (b) No credentials: the listener speaks SASL only, so nothing ever answers.
     let error = open_fails(
