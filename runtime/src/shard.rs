@@ -382,25 +382,9 @@ impl ShardState {
             }
             self.committing = None;
         }
-        let checkpoint = self.part.checkpoint();
-        if !self.checkpoint_due(checkpoint) {
-            return;
+        if let Some(commit) = self.due_commit() {
+            self.committing = Some(Committing(tokio::spawn(commit)));
         }
-        let backend = self.shared.backend.clone();
-        let group = Shard::recovery_group(&self.shared.config.app_id);
-        let partition = self.part.partition;
-        self.committing = Some(Committing(tokio::spawn(async move {
-            match backend
-                .commit_checkpoint(group, partition, checkpoint)
-                .await
-            {
-                Ok(()) => Some(checkpoint),
-                Err(e) => {
-                    warn!(partition, error = %e, "checkpoint commit failed");
-                    None
-                }
-            }
-        })));
     }
 
     /// Commits the checkpoint when due and waits for it (a stopping shard's last step), after
@@ -411,22 +395,35 @@ impl ShardState {
         {
             self.committed(checkpoint);
         }
+        if let Some(commit) = self.due_commit()
+            && let Some(checkpoint) = commit.await
+        {
+            self.committed(checkpoint);
+        }
+    }
+
+    /// The commit of the checkpoint, when one is due: it resolves to the checkpoint committed,
+    /// or `None` (warned) when the backend refused it.
+    fn due_commit(&self) -> Option<impl Future<Output = Option<Offset>> + Send + 'static> {
         let checkpoint = self.part.checkpoint();
         if !self.checkpoint_due(checkpoint) {
-            return;
+            return None;
         }
+        let backend = self.shared.backend.clone();
         let group = Shard::recovery_group(&self.shared.config.app_id);
-        match self
-            .shared
-            .backend
-            .commit_checkpoint(group, self.part.partition, checkpoint)
-            .await
-        {
-            Ok(()) => self.committed(checkpoint),
-            Err(e) => {
-                warn!(partition = self.part.partition, error = %e, "checkpoint commit failed")
+        let partition = self.part.partition;
+        Some(async move {
+            match backend
+                .commit_checkpoint(group, partition, checkpoint)
+                .await
+            {
+                Ok(()) => Some(checkpoint),
+                Err(e) => {
+                    warn!(partition, error = %e, "checkpoint commit failed");
+                    None
+                }
             }
-        }
+        })
     }
 
     fn begin_stop(&mut self, reply: oneshot::Sender<()>) {
