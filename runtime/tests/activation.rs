@@ -144,24 +144,6 @@ async fn an_evicted_tail_is_read_back_in_one_pass_not_one_read_per_event() {
     assert_eq!(reads_to_activate_with_budget(1 << 20).await, 0);
 }
 
-/// `Account` with a new state version: its old snapshots cannot be used.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct AccountV2(Account);
-
-impl keel::Aggregate for AccountV2 {
-    const TYPE: &'static str = "Account";
-    const STATE_VERSION: u32 = 2;
-    type Command = Cmd;
-    type Event = common::AccountEvent;
-    type Error = common::AccountError;
-    fn handle(&self, command: Cmd) -> Result<Vec<common::AccountEvent>, common::AccountError> {
-        self.0.handle(command)
-    }
-    fn apply(&mut self, event: &common::AccountEvent) {
-        self.0.apply(event)
-    }
-}
-
 /// Counts reads and, while armed, holds every `end_offset` call until `barrier` is full: the
 /// activations then reach their scans of the partition at the same moment.
 struct BarrierLog {
@@ -215,7 +197,7 @@ async fn after_a_state_version_change_concurrent_activations_share_one_scan() {
         .start()
         .await
         .unwrap();
-    let accounts = runtime.aggregate::<AccountV2>();
+    let accounts = runtime.aggregate::<common::AccountV2>();
     log.inner.take_reads();
     log.armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let balances =

@@ -374,24 +374,6 @@ async fn a_snapshot_whose_command_window_does_not_decode_is_not_used() {
     runtime.shutdown().await.unwrap();
 }
 
-/// `Account` under a new state version: its old snapshots no longer decode as its state.
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-struct AccountV2(Account);
-
-impl keel::Aggregate for AccountV2 {
-    const TYPE: &'static str = "Account";
-    const STATE_VERSION: u32 = 2;
-    type Command = Cmd;
-    type Event = common::AccountEvent;
-    type Error = common::AccountError;
-    fn handle(&self, command: Cmd) -> Result<Vec<common::AccountEvent>, common::AccountError> {
-        self.0.handle(command)
-    }
-    fn apply(&mut self, event: &common::AccountEvent) {
-        self.0.apply(event)
-    }
-}
-
 #[tokio::test]
 async fn acknowledged_command_ids_survive_snapshot_restarts_state_version_bumps_and_crashes() {
     let log = Arc::new(MemoryLog::new(2));
@@ -433,7 +415,7 @@ async fn acknowledged_command_ids_survive_snapshot_restarts_state_version_bumps_
     runtime.shutdown().await.unwrap();
     // A new state version: every snapshot's state is unusable.
     let runtime = start(log.clone()).await;
-    let accounts = runtime.aggregate::<AccountV2>();
+    let accounts = runtime.aggregate::<common::AccountV2>();
     for (id, command, command_id) in &acknowledged {
         let command = match command {
             Cmd::Noop => Cmd::Deposit(1000),
