@@ -158,6 +158,15 @@ impl RuntimeConfig {
 
     /// Checks an aggregate id (or, with `what` = "command id", a command id) against the
     /// configured limits.
+    /// The tail budget on `backend`: as configured, or the default for its kind of reads.
+    pub(crate) fn tail_budget_for(&self, backend: &dyn crate::log::LogBackend) -> usize {
+        self.tail_cache_bytes.unwrap_or(if backend.remote_reads() {
+            DEFAULT_REMOTE_TAIL_BYTES
+        } else {
+            0
+        })
+    }
+
     pub(crate) fn check_id(&self, what: &str, id: &str) -> Result<(), String> {
         if id.is_empty() {
             return Err(format!("{what} is empty"));

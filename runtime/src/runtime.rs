@@ -12,9 +12,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tracing::info;
 
 use crate::aggregate::Aggregate;
-use crate::config::{
-    DEFAULT_REMOTE_TAIL_BYTES, MAX_TYPE_NAME_BYTES, RuntimeConfig, SnapshotPolicy,
-};
+use crate::config::{MAX_TYPE_NAME_BYTES, RuntimeConfig, SnapshotPolicy};
 use crate::error::Error;
 use crate::handle::AggregateHandle;
 use crate::log::LogBackend;
@@ -564,13 +562,7 @@ impl RuntimeBuilder {
             types: DashMap::new(),
             aggregate_types: DashMap::new(),
             owner_of: DashMap::new(),
-            tail_budget: Arc::new(TailBudget::new(self.config.tail_cache_bytes.unwrap_or(
-                if backend.remote_reads() {
-                    DEFAULT_REMOTE_TAIL_BYTES
-                } else {
-                    0
-                },
-            ))),
+            tail_budget: Arc::new(TailBudget::new(self.config.tail_budget_for(&*backend))),
             membership: std::sync::Mutex::new(None),
             config: self.config,
             backend,
