@@ -1,36 +1,33 @@
 //! [`Intercept`]: test backends that wrap another backend and change one or two calls —
-//! count the reads, hold appends at a gate, fail one checkpoint — without forwarding the
-//! other calls of the four storage traits by hand. Feature `test-support`.
+//! hold appends at a gate, fail one checkpoint — without forwarding the other calls of the
+//! four storage traits by hand; and [`CountingReads`], one made that way. Feature
+//! `test-support`.
 //!
 //! ```
 //! # use std::sync::atomic::{AtomicUsize, Ordering};
-//! # use std::time::Duration;
 //! # use futures::future::BoxFuture;
 //! use keel::log::testing::Intercept;
-//! use keel::log::{EventLog, LogBackend, MemoryLog, Offset, StoredRecord};
-//! use keel::log::StorageError;
+//! use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog, Offset, StorageError};
 //!
-//! struct CountingReads {
+//! struct CountingAppends {
 //!     inner: MemoryLog,
-//!     reads: AtomicUsize,
+//!     appends: AtomicUsize,
 //! }
 //!
-//! impl Intercept for CountingReads {
+//! impl Intercept for CountingAppends {
 //!     fn inner(&self) -> &dyn LogBackend {
 //!         &self.inner
 //!     }
-//!     fn read(
+//!     fn append(
 //!         &self,
 //!         partition: u32,
-//!         from: Offset,
-//!         max: usize,
-//!         wait: Duration,
-//!     ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StorageError>> {
-//!         self.reads.fetch_add(1, Ordering::SeqCst);
-//!         self.inner.read(partition, from, max, wait)
+//!         records: Vec<LogRecord>,
+//!     ) -> BoxFuture<'_, Result<Offset, StorageError>> {
+//!         self.appends.fetch_add(1, Ordering::SeqCst);
+//!         self.inner.append(partition, records)
 //!     }
 //! }
-//! // `CountingReads` is now a `LogBackend`.
+//! // `CountingAppends` is now a `LogBackend`.
 //! ```
 
 use std::time::Duration;
