@@ -9,11 +9,13 @@
 //! Then the transactional mode (`txn`): at 1, 12 and 128 partitions, keel's commands/s with
 //! `KafkaConfig::transactional(true)` beside keel's idempotent log on topics of the same
 //! partition count (both at 256 aggregates), the commits (transactions) per second overall and
-//! per partition, the records per commit, and what the per-partition producers cost when the
-//! partitions are acquired (as partition ownership does on assign: all at once): the wall
-//! time of acquiring them all, each `init_transactions`' latency, and the threads and sockets
-//! they added to the process. Commits are counted by the commit markers: the events topic's
-//! end offsets moved by the events appended plus one marker per transaction that held events.
+//! per partition and the records per commit, in both fencing modes: standalone (one log,
+//! fenced by its transactional id) and under partition ownership (one instance in the group,
+//! every transaction carrying the group offsets of its partitions, KIP-447). Also what
+//! acquiring every partition at once costs standalone (wall time, each `acquire_partition`'s
+//! latency, the threads and sockets added), and how long the group takes to assign and
+//! serve them all. Commits are counted by the commit markers: the events topic's end offsets
+//! moved by the events appended plus one marker per transaction that held events.
 //!
 //! Then activation and handoff on Kafka:
 //! - `activation/tail`: the latency of activating an aggregate with a snapshot plus 99
@@ -402,8 +404,18 @@ struct TxnFacts {
     /// Threads and sockets of the process the acquired producers added.
     threads: isize,
     sockets: isize,
-    /// Transactions holding events, and events appended, over the whole bench.
-    commits: u64,
+    /// Per mode (`"transactional"`: standalone, fenced by the transactional id; `"grouped"`:
+    /// under partition ownership, fenced by the group): what its commands committed.
+    commits: BTreeMap<&'static str, Commits>,
+    /// Under ownership: from starting the runtime until it served every partition.
+    assigned: Duration,
+}
+
+/// What one mode's commands committed over the whole bench.
+#[derive(Clone, Copy)]
+struct Commits {
+    /// Transactions holding events, and events appended.
+    transactions: u64,
     events: u64,
     /// Partitions that got events.
     partitions_used: usize,
@@ -482,6 +494,54 @@ fn bench_txn_commands(
     });
 }
 
+/// The transactional bench's log configuration.
+fn txn_config(bootstrap: &str, app: &str, partitions: u32) -> KafkaConfig {
+    let mut config = KafkaConfig::new(bootstrap)
+        .app_id(app)
+        .topic_prefix(app)
+        .partitions(partitions)
+        .linger(LINGER)
+        .transactional(true)
+        .commit_interval(TXN_COMMIT_INTERVAL);
+    // librdkafka's debug contexts (`eos` says what each transaction waits for); shown with
+    // RUST_LOG=librdkafka=debug.
+    if let Ok(debug) = std::env::var("KEEL_BENCH_RDKAFKA_DEBUG") {
+        config = config.client_property("debug", debug);
+    }
+    config
+}
+
+/// Benches `runtime`'s commands as `what`, and counts the transactions they committed: the
+/// end offsets moved by the events appended plus one commit marker per transaction.
+fn bench_counting_commits(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    runtime: &Runtime,
+    log: &KafkaLog,
+    results: &Results,
+    what: &'static str,
+    partitions: u32,
+) -> Commits {
+    let operations = || {
+        results
+            .lock()
+            .expect("results")
+            .get(&(what, partitions as usize))
+            .map_or(0, |m| m.operations)
+    };
+    let before = rt.block_on(end_offsets(log));
+    let events_before = operations();
+    bench_txn_commands(group, rt, runtime, results, what, partitions);
+    let events = operations() - events_before;
+    let after = rt.block_on(end_offsets(log));
+    let moved: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    Commits {
+        transactions: moved.saturating_sub(events),
+        events,
+        partitions_used: after.iter().zip(&before).filter(|(a, b)| a > b).count(),
+    }
+}
+
 fn bench_txn(c: &mut Criterion, bootstrap: &str, results: &Results, facts: &TxnResults) {
     let rt = tokio();
     let mut group = c.benchmark_group("txn");
@@ -522,21 +582,10 @@ fn bench_txn(c: &mut Criterion, bootstrap: &str, results: &Results, facts: &TxnR
 
         let app = format!("{prefix}.txn");
         let (threads_before, sockets_before) = (threads(), sockets());
-        let log = Arc::new(rt.block_on(async {
-            let mut config = KafkaConfig::new(bootstrap)
-                .app_id(&app)
-                .topic_prefix(&app)
-                .partitions(partitions)
-                .linger(LINGER)
-                .transactional(true)
-                .commit_interval(TXN_COMMIT_INTERVAL);
-            // librdkafka's debug contexts (`eos` says what each transaction waits for);
-            // shown with RUST_LOG=librdkafka=debug.
-            if let Ok(debug) = std::env::var("KEEL_BENCH_RDKAFKA_DEBUG") {
-                config = config.client_property("debug", debug);
-            }
-            config.open().await.expect("open the kafka log")
-        }));
+        let log = Arc::new(
+            rt.block_on(txn_config(bootstrap, &app, partitions).open())
+                .expect("open the kafka log"),
+        );
         rt.block_on(await_leaders(&log));
         let (threads_opened, sockets_opened) = (threads(), sockets());
         // Every partition at once, as partition ownership acquires what it was assigned.
@@ -572,29 +621,42 @@ fn bench_txn(c: &mut Criterion, bootstrap: &str, results: &Results, facts: &TxnR
                 .await
                 .expect("runtime")
         });
-        let before = rt.block_on(end_offsets(&log));
-        let events_before = results
-            .lock()
-            .expect("results")
-            .get(&("transactional", partitions as usize))
-            .map_or(0, |m| m.operations);
-        bench_txn_commands(
-            &mut group,
-            &rt,
-            &runtime,
-            results,
-            "transactional",
-            partitions,
+        let mut commits = BTreeMap::new();
+        let what = "transactional";
+        let counted =
+            bench_counting_commits(&mut group, &rt, &runtime, &log, results, what, partitions);
+        commits.insert(what, counted);
+        rt.block_on(async {
+            runtime.shutdown().await.expect("shutdown");
+            log.close().await.expect("close");
+        });
+
+        // The same under partition ownership: one instance in the group, every transaction
+        // carrying the group offsets of its partitions (KIP-447).
+        let app = format!("{prefix}.grp");
+        let log = Arc::new(
+            rt.block_on(txn_config(bootstrap, &app, partitions).open())
+                .expect("open the kafka log"),
         );
-        let events = results
-            .lock()
-            .expect("results")
-            .get(&("transactional", partitions as usize))
-            .map_or(0, |m| m.operations)
-            - events_before;
-        let after = rt.block_on(end_offsets(&log));
-        let moved: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
-        let partitions_used = after.iter().zip(&before).filter(|(a, b)| a > b).count();
+        rt.block_on(await_leaders(&log));
+        let started = Instant::now();
+        let runtime = rt.block_on(async {
+            let runtime = Runtime::builder()
+                .ownership(KafkaOwnership::new(log.clone(), "txn-bench:1"))
+                .max_live_actors(4096)
+                .start()
+                .await
+                .expect("runtime");
+            while runtime.owned_partitions().len() < partitions as usize {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            runtime
+        });
+        let assigned = started.elapsed();
+        let what = "grouped";
+        let counted =
+            bench_counting_commits(&mut group, &rt, &runtime, &log, results, what, partitions);
+        commits.insert(what, counted);
         facts.lock().expect("facts").insert(
             partitions,
             TxnFacts {
@@ -602,9 +664,8 @@ fn bench_txn(c: &mut Criterion, bootstrap: &str, results: &Results, facts: &TxnR
                 init,
                 threads: threads_acquired - threads_opened,
                 sockets: sockets_acquired - sockets_opened,
-                commits: moved.saturating_sub(events),
-                events,
-                partitions_used,
+                commits,
+                assigned,
             },
         );
         rt.block_on(async {
@@ -628,8 +689,9 @@ fn print_txn(results: &Results, facts: &TxnResults, brokers: usize) {
          {TXN_COMMIT_INTERVAL:?}"
     );
     println!(
-        "{:>10} | {:>9} | {:>9} | {:>5} | {:>15} | {:>9} | {:>13} | {:>7}",
+        "{:>10} | {:>13} | {:>9} | {:>10} | {:>5} | {:>15} | {:>9} | {:>14} | {:>7}",
         "partitions",
+        "mode",
         "txn cmd/s",
         "idem cmd/s",
         "ratio",
@@ -639,40 +701,50 @@ fn print_txn(results: &Results, facts: &TxnResults, brokers: usize) {
         "cmd/txn"
     );
     for (&partitions, f) in facts.iter() {
-        let (Some(txn), Some(idem)) = (
-            results.get(&("transactional", partitions as usize)),
-            results.get(&("idempotent", partitions as usize)),
-        ) else {
+        let Some(idem) = results.get(&("idempotent", partitions as usize)) else {
             continue;
         };
-        let commits_per_second = f.commits as f64 / txn.elapsed.as_secs_f64();
-        println!(
-            "{partitions:>10} | {:>9.0} | {:>10.0} | {:>4.0}% | {:>6.1} / {:>6.1} | {:>9.0} | {:>14.1} | {:>7.1}",
-            txn.per_second(),
-            idem.per_second(),
-            100.0 * txn.per_second() / idem.per_second(),
-            txn.percentile_ms(0.5),
-            txn.percentile_ms(0.99),
-            commits_per_second,
-            commits_per_second / f.partitions_used.max(1) as f64,
-            f.events as f64 / f.commits.max(1) as f64,
-        );
+        for (&what, commits) in &f.commits {
+            let Some(txn) = results.get(&(what, partitions as usize)) else {
+                continue;
+            };
+            let commits_per_second = commits.transactions as f64 / txn.elapsed.as_secs_f64();
+            let mode = if what == "grouped" {
+                "group-fenced"
+            } else {
+                "id-fenced"
+            };
+            println!(
+                "{partitions:>10} | {mode:>13} | {:>9.0} | {:>10.0} | {:>4.0}% | {:>6.1} / {:>6.1} | {:>9.0} | {:>14.1} | {:>7.1}",
+                txn.per_second(),
+                idem.per_second(),
+                100.0 * txn.per_second() / idem.per_second(),
+                txn.percentile_ms(0.5),
+                txn.percentile_ms(0.99),
+                commits_per_second,
+                commits_per_second / commits.partitions_used.max(1) as f64,
+                commits.events as f64 / commits.transactions.max(1) as f64,
+            );
+        }
     }
     println!();
-    println!("acquiring every partition at once (one transactional producer each)");
     println!(
-        "{:>10} | {:>10} | {:>17} | {:>13} | {:>13} | {:>9}",
-        "partitions", "wall ms", "init p50/max ms", "added threads", "added sockets", "used"
+        "acquiring every partition at once (standalone), and a group assigning them all \
+         (ownership: join, wait for stable offsets, recover)"
+    );
+    println!(
+        "{:>10} | {:>10} | {:>17} | {:>13} | {:>13} | {:>14}",
+        "partitions", "wall ms", "acquire p50/max ms", "added threads", "added sockets", "group ms"
     );
     for (&partitions, f) in facts.iter() {
         println!(
-            "{partitions:>10} | {:>10.0} | {:>7.0} / {:>7.0} | {:>13} | {:>13} | {:>9}",
+            "{partitions:>10} | {:>10.0} | {:>8.0} / {:>7.0} | {:>13} | {:>13} | {:>14.0}",
             f.acquire.as_secs_f64() * 1000.0,
             f.init.value_at_quantile(0.5) as f64 / 1000.0,
             f.init.max() as f64 / 1000.0,
             f.threads,
             f.sockets,
-            f.partitions_used,
+            f.assigned.as_secs_f64() * 1000.0,
         );
     }
 }

@@ -39,7 +39,7 @@
 //! | `log/kafka.rs` | `KafkaLog` (feature `kafka`): the facade, events reads and appends |
 //! | `log/kafka/config.rs` | `KafkaConfig`: options with their defaults |
 //! | `log/kafka/producer.rs` | the append path: idempotent and transactional producers |
-//! | `log/kafka/transactions.rs` | one transactional producer per owned partition, group-committed |
+//! | `log/kafka/transactions.rs` | the transactional producer, fenced through the consumer group (KIP-447), group-committed |
 //! | `log/kafka/reader.rs` | reading a partition: pooled assigned consumers, high watermarks |
 //! | `log/kafka/snapshots.rs` | the snapshot cache over the compacted snapshots topic |
 //! | `log/kafka/checkpoints.rs` | checkpoints as consumer-group offsets |

@@ -7,10 +7,10 @@
 //! - **Revoke** (before the partitions leave this member): the shards stop taking commands,
 //!   drain their actors, write their snapshots and commit their checkpoints — all before the
 //!   rebalance callback returns, so the next owner starts from a complete log and snapshots.
-//!   In the transactional mode the partitions' producers then commit and stop
+//!   In the transactional mode the log then gives the partitions up
 //!   ([`KafkaLog::release_partition`]).
-//! - **Assign** (after the partitions arrive): in the transactional mode the partition's
-//!   transactional producer is created first, fencing the previous owner
+//! - **Assign** (after the partitions arrive): in the transactional mode the log first waits
+//!   until every transaction of the previous owner that touched the partition has ended
 //!   ([`KafkaLog::acquire_partition`]); then the snapshot cache is refreshed (another
 //!   instance may have written snapshots meanwhile) and the shards recover from the
 //!   partition checkpoint — all assigned partitions at once, not one after another. The
@@ -28,8 +28,10 @@
 //! Without transactions, a member that loses its group session (a long pause, a network
 //! partition) is told so only when it next talks to the broker; until then it may still
 //! append. The transactional mode ([`KafkaConfig::transactional`](crate::KafkaConfig))
-//! fences such a zombie: the new owner's producer takes the partition's transactional id, and
-//! the zombie's appends fail with [`StorageError::Fenced`] instead of reaching the log.
+//! fences such a zombie through this group (KIP-447): every transaction carries the group
+//! metadata this member last had, which the group coordinator refuses once the group has
+//! moved on, so the zombie's appends fail with [`StorageError::Fenced`] instead of reaching
+//! the log.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -180,6 +182,8 @@ impl ConsumerContext for OwnershipContext {
             if partitions.is_empty() {
                 return;
             }
+            // Transactions from now on carry the new generation.
+            self.log.set_group_metadata(consumer.group_metadata());
             // Membership only: nothing is read through this consumer.
             if let Err(e) = consumer.pause(list) {
                 warn!(error = %e, "cannot pause the membership consumer");
@@ -238,6 +242,7 @@ impl Membership {
         let config = log.config();
         let bootstrap = config.bootstrap_servers.clone();
         let group = config.app_id.clone();
+        log.join_group(&endpoint);
         // The log's client settings (brokers, timeouts, reconnects, the user's properties),
         // with the endpoint as client id: other members find it in the group's description.
         let mut client = log.client_config("member");
@@ -323,6 +328,11 @@ fn membership_loop(
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
             warn!(error = %e, "consumer group member");
         }
+        // The member's generation moves with every rebalance, whether or not this member's
+        // partitions changed.
+        if log.config().transactional {
+            log.set_group_metadata(consumer.group_metadata());
+        }
         if last_refresh.is_none_or(|t| t.elapsed() >= OWNERS_REFRESH) {
             last_refresh = Some(Instant::now());
             refresh_owners(&consumer, &group, log.events_topic(), &runtime);
@@ -338,6 +348,7 @@ fn membership_loop(
             break;
         }
     }
+    log.set_group_metadata(None);
     info!("left the application's consumer group");
 }
 

@@ -96,8 +96,8 @@ impl Harness for KafkaHarness {
 
     async fn open(&mut self) -> Arc<KafkaLog> {
         let log = KafkaConfig::new(&self.bootstrap)
-            // Transactional ids are "{app_id}-{partition}": one app per case, or the cases
-            // would fence each other.
+            // A standalone transactional log's id is its app id: one app per case, or the
+            // cases would fence each other.
             .app_id(if self.transactional {
                 format!("{}-app", self.prefix)
             } else {

@@ -7,6 +7,10 @@
 //!   not revoked: it stops them without writing a snapshot (a revoke would snapshot every live
 //!   aggregate into partitions it no longer owns). It then rejoins and may be given partitions
 //!   again; what it writes after that is a new owner's right.
+//! - **SIGSTOP under command load, in the transactional mode**: the frozen instance is a
+//!   zombie with commands in flight. The group fences it (KIP-447): when it wakes, none of
+//!   what it had not committed reaches the log, and every acknowledged command of either
+//!   instance is in the log exactly once, each aggregate's sequence numbers dense.
 //!
 //! Runs against the broker named by `KEEL_KAFKA_BOOTSTRAP` (see `scripts/broker`).
 
@@ -17,7 +21,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keel::{KafkaLog, KafkaOwnership, Runtime};
+use keel::{KafkaLog, KafkaOwnership, Runtime, SendOptions};
 
 use keel::config::SnapshotPolicy;
 use keel_tests::broker::{kafka_bootstrap, unique_topic_prefix};
@@ -28,6 +32,10 @@ use rdkafka::message::Message;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PARTITIONS: u32 = 4;
+
+/// One test at a time: each runs instances in two processes and judges what the member
+/// printed by when it printed it, which a machine loaded by another test's instances blurs.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const COMMANDS: usize = 40;
 
 /// The instance in a process of its own, and what it printed.
@@ -39,6 +47,16 @@ struct Member {
 
 impl Member {
     fn start(bootstrap: &str, prefix: &str, app: &str) -> Member {
+        Member::start_with(bootstrap, prefix, app, COMMANDS, false)
+    }
+
+    fn start_with(
+        bootstrap: &str,
+        prefix: &str,
+        app: &str,
+        commands: usize,
+        transactional: bool,
+    ) -> Member {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel-kafka-member"))
             .args([
                 bootstrap,
@@ -46,9 +64,13 @@ impl Member {
                 app,
                 "member-k:7009",
                 &PARTITIONS.to_string(),
-                &COMMANDS.to_string(),
+                &commands.to_string(),
             ])
             .env("RUST_LOG", "keel=info")
+            .env(
+                "KEEL_MEMBER_TRANSACTIONAL",
+                if transactional { "1" } else { "0" },
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -142,8 +164,18 @@ impl Member {
 }
 
 async fn survivor(bootstrap: &str, prefix: &str, app: &str) -> (Arc<KafkaLog>, Runtime) {
+    survivor_with(bootstrap, prefix, app, false).await
+}
+
+async fn survivor_with(
+    bootstrap: &str,
+    prefix: &str,
+    app: &str,
+    transactional: bool,
+) -> (Arc<KafkaLog>, Runtime) {
     let log = Arc::new(
         keel_tests::kafka_config(bootstrap, app, prefix, PARTITIONS)
+            .transactional(transactional)
             .open()
             .await
             .expect("open"),
@@ -163,9 +195,17 @@ async fn survivor(bootstrap: &str, prefix: &str, app: &str) -> (Arc<KafkaLog>, R
 }
 
 /// Every event of the log, by command id.
-async fn events_by_command(log: &KafkaLog) -> HashMap<String, Vec<(String, u64)>> {
+async fn events_by_command(
+    log: &KafkaLog,
+    transactional: bool,
+) -> HashMap<String, Vec<(String, u64)>> {
+    let events = if transactional {
+        keel_tests::read_committed_events(log).await
+    } else {
+        keel_tests::read_events(log).await
+    };
     let mut found: HashMap<String, Vec<(String, u64)>> = HashMap::new();
-    for env in keel_tests::read_events(log).await {
+    for env in events {
         found
             .entry(env.command_id.clone().unwrap_or_default())
             .or_default()
@@ -194,6 +234,7 @@ async fn member_and_survivor_split(test: &str) -> Option<(Member, Arc<KafkaLog>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_with_sigkill_is_replaced_and_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some((mut member, log, runtime, _)) = member_and_survivor_split("member-sigkill").await
     else {
         return;
@@ -220,7 +261,7 @@ async fn a_member_killed_with_sigkill_is_replaced_and_loses_nothing() {
         let next = tallies.send(id, 1).await.unwrap();
         assert_eq!(next.seq, last + 1, "{id}");
     }
-    let events = events_by_command(&log).await;
+    let events = events_by_command(&log, false).await;
     for (command_id, id, seq) in &acks {
         assert_eq!(
             events.get(command_id),
@@ -233,6 +274,7 @@ async fn a_member_killed_with_sigkill_is_replaced_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_member_stops_its_lost_partitions_without_writing_snapshots() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some((member, log, runtime, bootstrap)) = member_and_survivor_split("member-sigstop").await
     else {
         return;
@@ -349,5 +391,151 @@ async fn a_frozen_member_stops_its_lost_partitions_without_writing_snapshots() {
         }
     }
     drop(member);
+    runtime.shutdown().await.unwrap();
+}
+
+/// Whether the application's group is stable with `client_id` as its only member.
+fn group_is_only(bootstrap: &str, app: &str, client_id: &str) -> bool {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let Ok(groups) = consumer.fetch_group_list(Some(app), Duration::from_secs(5)) else {
+        return false;
+    };
+    groups.groups().iter().any(|g| {
+        g.name() == app
+            && g.state() == "Stable"
+            && g.members().len() == 1
+            && g.members()[0].client_id() == client_id
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_transactional_member_is_fenced_by_the_group() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let test = "member-zombie";
+    let Some(bootstrap) = kafka_bootstrap(test) else {
+        return;
+    };
+    let prefix = unique_topic_prefix(test);
+    let app = format!("{prefix}-app");
+    // The member alone owns every partition and sends commands until it is killed. Its
+    // transactions may stay open for a minute, so the one open when it freezes is still open
+    // when it wakes: only the group stands between it and the log.
+    let mut member = Member::start_with(&bootstrap, &prefix, &app, usize::MAX, true);
+    eventually("the member acknowledges commands", || {
+        member.acks().len() >= 30
+    })
+    .await;
+    member.signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frozen = member.acks().len();
+    let mut ids: Vec<String> = member.acks().into_iter().map(|(_, id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+
+    let (log, runtime) = survivor_with(&bootstrap, &prefix, &app, true).await;
+    let joined = std::time::Instant::now();
+    eventually("the group drops the frozen member", || {
+        group_is_only(&bootstrap, &app, "survivor:7001")
+    })
+    .await;
+    eprintln!(
+        "{test}: the group dropped the frozen member {:?} after the survivor joined",
+        joined.elapsed()
+    );
+    // The survivor goes on with the member's aggregates as soon as it serves them, while the
+    // zombie wakes with a transaction open and goes on sending.
+    let sender = {
+        let runtime = runtime.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            let tallies = runtime.aggregate::<Tally>();
+            let mut acked = Vec::new();
+            for id in &ids {
+                for i in 0..3 {
+                    let command_id = format!("survivor-{id}-{i}");
+                    loop {
+                        match tallies
+                            .send_with(id, 1, SendOptions::with_id(&command_id))
+                            .await
+                        {
+                            Ok(done) => {
+                                acked.push((command_id, id.clone(), done.seq));
+                                break;
+                            }
+                            Err(e) if e.is_retryable() || e.not_owner().is_some() => {
+                                tokio::time::sleep(Duration::from_millis(20)).await
+                            }
+                            Err(e) => panic!("{command_id}: {e}"),
+                        }
+                    }
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    member.signal("-CONT");
+    let mut acked = sender.await.unwrap();
+    eprintln!(
+        "{test}: the survivor served the member's aggregates {:?} after joining",
+        joined.elapsed()
+    );
+    // Until its commands fail with `NotOwner`: it has learnt that its partitions were lost.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let gave_up =
+        |l: &String| l.starts_with("FAIL ") && l.contains("is not owned by this instance");
+    while !member.lines.lock().unwrap().iter().any(gave_up) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the woken member never learnt that it lost its partitions\n{}",
+            member.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = member.child.start_kill();
+    let _ = member.child.wait().await;
+    let failures: Vec<String> = member
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("FAIL "))
+        .cloned()
+        .collect();
+    eprintln!(
+        "{test}: {frozen} commands acknowledged before the freeze, {} in all; the woken member's failures: {failures:?}",
+        member.acks().len()
+    );
+
+    // Every acknowledged command of either instance is in the log once, where it was
+    // acknowledged; no aggregate has two events with one sequence number.
+    acked.extend(member.acks());
+    let events = events_by_command(&log, true).await;
+    for (command_id, id, seq) in &acked {
+        assert_eq!(
+            events.get(command_id),
+            Some(&vec![(id.clone(), *seq)]),
+            "acknowledged command {command_id}\n{}",
+            member.describe()
+        );
+    }
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    for found in events.values() {
+        for (id, seq) in found {
+            seqs.entry(id.clone()).or_default().push(*seq);
+        }
+    }
+    for (id, mut seqs) in seqs {
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "the sequence numbers of {id}"
+        );
+    }
     runtime.shutdown().await.unwrap();
 }

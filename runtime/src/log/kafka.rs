@@ -33,21 +33,26 @@
 //! # Transactional mode
 //! With [`KafkaConfig::transactional`] the log fences a stale owner ("zombie") of a partition
 //! (see `kafka/transactions.rs`):
-//! - **One producer per owned partition**, `transactional.id = "{app_id}-{partition}"`, created
-//!   by [`KafkaLog::acquire_partition`] (partition ownership calls it on assign; without
-//!   ownership the first append to the partition does). Its `init_transactions` fences every
-//!   older producer with the same id: their transactions are aborted and their later appends
-//!   fail with [`StorageError::Fenced`] — never a success. A fenced partition stays fenced
-//!   for this log until it is acquired again; the log never re-initialises it by itself,
-//!   because that would fence the new owner back. [`KafkaLog::release_partition`] gives a
-//!   partition up (later appends fail as fenced).
+//! - **One transactional producer per log.** Under partition ownership its transactional id
+//!   is `"{app_id}-{endpoint}"`, and every transaction carries the offsets of the partitions
+//!   this instance holds in the application's consumer group, with its group member's
+//!   metadata (KIP-447): the group coordinator refuses them from a member the group has moved
+//!   past, so a zombie's transactions abort before they hold a record, and
+//!   [`KafkaLog::acquire_partition`] waits until every transaction of the previous owner that
+//!   touched the partition has ended. Without ownership the transactional id is `app_id`,
+//!   and a second log of the same application fences the first when it acquires a
+//!   partition. Fenced appends fail with [`StorageError::Fenced`] — never a success. A
+//!   fenced producer stays fenced for this log until a partition is acquired again; the log
+//!   never re-initialises it by itself, because that would fence the new holder back.
+//!   [`KafkaLog::release_partition`] gives a partition up (later appends to it fail as
+//!   fenced).
 //! - **Durability and atomicity.** An append (events, or a snapshot) resolves once the
 //!   transaction holding it committed: its records are on every in-sync replica and visible
-//!   to `read_committed` readers, all of them or none. Events and snapshots of one partition
-//!   share its transactions.
-//! - **Group commit.** Appends to a partition arriving within [`KafkaConfig::commit_interval`]
-//!   of the transaction's first one share that transaction. The blocking transactional calls
-//!   run on the producer's own thread, never on the async workers.
+//!   to `read_committed` readers, all of them or none.
+//! - **Group commit.** Appends arriving within [`KafkaConfig::commit_interval`] of the
+//!   transaction's first one share that transaction, whatever their partitions. The
+//!   blocking transactional calls run on the producer's own thread, never on the async
+//!   workers.
 //! - **Reads** are `read_committed`: records of open or aborted transactions are never
 //!   returned. Offsets are not dense: every commit leaves a marker record, which readers skip.
 //! - `end_offset` is the last stable offset (every committed record is below it): the
@@ -86,7 +91,7 @@ use producer::join_producer;
 use reader::ReaderPool;
 use snapshots::PartitionSnapshots;
 use topics::topic_specs;
-use transactions::PartitionProducer;
+use transactions::{Holding, TxnProducer, TxnShared};
 
 /// A log backend on a Kafka cluster (or any broker speaking the Kafka protocol).
 ///
@@ -105,7 +110,7 @@ pub struct KafkaLog {
     /// records of two appends never interleave.
     append_locks: Vec<tokio::sync::Mutex<()>>,
     /// Per events partition: the end of this log's own acknowledged appends.
-    events_acked_end: Vec<AtomicU64>,
+    events_acked_end: Arc<[AtomicU64]>,
     /// Per snapshots partition: the end of this log's own acknowledged snapshot writes.
     snapshots_acked_end: Vec<AtomicU64>,
     /// Per snapshots partition: the cache, `None` until first loaded. A tokio mutex because a
@@ -114,22 +119,29 @@ pub struct KafkaLog {
     readers: ReaderPool,
     /// One consumer per checkpoint group, used only to commit and fetch offsets.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
-    /// In the transactional mode, per events partition: its transactional producer, if this
-    /// instance holds one. A tokio mutex because acquiring holds it while the producer
-    /// initialises.
-    transactions: Option<Vec<tokio::sync::Mutex<TxnSlot>>>,
+    /// The transactional mode's state; `None` outside it.
+    transactions: Option<Transactions>,
     closed: AtomicBool,
 }
 
-/// What this instance holds of one partition in the transactional mode.
-enum TxnSlot {
-    /// Never acquired: the first append acquires it (a runtime without partition ownership
-    /// owns every partition).
-    Unclaimed,
-    /// Acquired: appends go to this producer (until it is fenced).
-    Owned(PartitionProducer),
-    /// Released to another owner; appends fail as fenced until acquired again.
-    Released,
+/// What a log in the transactional mode holds.
+struct Transactions {
+    /// The partitions held, and the group member's metadata; shared with the producer.
+    shared: Arc<TxnShared>,
+    /// The producer, once started. Appends take the read lock; starting one the write lock.
+    producer: tokio::sync::RwLock<Option<TxnProducer>>,
+    /// The endpoint of this instance's member of the application's consumer group, once
+    /// partition ownership joined it: transactions then carry group offsets.
+    member: Mutex<Option<String>>,
+}
+
+impl Transactions {
+    fn member(&self) -> Option<String> {
+        self.member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl KafkaLog {
@@ -164,6 +176,8 @@ impl KafkaLog {
                     StorageError::io(format!("kafka {bootstrap}: creating the producer"), e)
                 })?;
         let partitions = config.partitions as usize;
+        let events_acked_end: Arc<[AtomicU64]> =
+            (0..partitions).map(|_| AtomicU64::new(0)).collect();
         let log = KafkaLog {
             readers: ReaderPool::new(reader_client_config(&config)),
             events_topic,
@@ -172,16 +186,16 @@ impl KafkaLog {
             append_locks: (0..partitions)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            events_acked_end: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            events_acked_end: events_acked_end.clone(),
             snapshots_acked_end: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             snapshots: (0..partitions)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             groups: Mutex::new(HashMap::new()),
-            transactions: config.transactional.then(|| {
-                (0..partitions)
-                    .map(|_| tokio::sync::Mutex::new(TxnSlot::Unclaimed))
-                    .collect()
+            transactions: config.transactional.then(|| Transactions {
+                shared: Arc::new(TxnShared::new(events_acked_end)),
+                producer: tokio::sync::RwLock::new(None),
+                member: Mutex::new(None),
             }),
             closed: AtomicBool::new(false),
             config,
@@ -212,45 +226,62 @@ impl KafkaLog {
         &self.snapshots_topic
     }
 
-    /// Takes `partition` over for this instance in the transactional mode: creates its
-    /// transactional producer (`transactional.id = "{app_id}-{partition}"`), which fences the
-    /// producer of any previous owner. Partition ownership calls it when a partition is
-    /// assigned, before recovering it; without ownership the first append to a partition
-    /// acquires it. Acquiring a partition this instance holds is a no-op, unless its producer
-    /// was fenced: then a new one takes over (ownership assigned the partition back).
-    /// Does nothing outside the transactional mode.
+    /// Takes `partition` over for this instance in the transactional mode. Under partition
+    /// ownership (which calls it when a partition is assigned, before recovering it) it waits
+    /// until every transaction of a previous owner that touched the partition has ended
+    /// (committed or aborted; at most [`KafkaConfig::transaction_timeout`] after a crashed
+    /// owner's last one began). Without ownership it starts this log's producer, which fences
+    /// the producer of any other log of the application; the first append to a partition
+    /// acquires it. A fenced producer is replaced by a new one here (the partition was
+    /// assigned back). Does nothing outside the transactional mode.
     pub async fn acquire_partition(&self, partition: u32) -> Result<(), StorageError> {
         self.check_partition(partition)?;
-        let Some(slots) = &self.transactions else {
+        let Some(txn) = &self.transactions else {
             return Ok(());
         };
-        let mut slot = slots[partition as usize].lock().await;
-        if let TxnSlot::Owned(producer) = &*slot
-            && producer.fenced().is_none()
-        {
-            return Ok(());
+        self.ensure_producer(txn, partition).await?;
+        if txn.member().is_some() {
+            self.await_stable_group_offset(partition).await?;
         }
-        if let TxnSlot::Owned(fenced) = std::mem::replace(&mut *slot, TxnSlot::Released) {
-            join_producer(fenced).await;
-        }
-        *slot = TxnSlot::Owned(self.start_producer(partition).await?);
+        txn.shared.set_holding(partition, Holding::Held);
         Ok(())
     }
 
-    /// Gives `partition` up in the transactional mode: its producer finishes its open
-    /// transaction and stops; later appends to the partition fail with
+    /// Gives `partition` up in the transactional mode: waits until every append to it already
+    /// handed to the producer has been answered; later appends to it fail with
     /// [`StorageError::Fenced`] until it is acquired again. Partition ownership calls it after
     /// the partition's actors have stopped. Does nothing outside the transactional mode.
     pub async fn release_partition(&self, partition: u32) -> Result<(), StorageError> {
         self.check_partition(partition)?;
-        let Some(slots) = &self.transactions else {
+        let Some(txn) = &self.transactions else {
             return Ok(());
         };
-        let mut slot = slots[partition as usize].lock().await;
-        if let TxnSlot::Owned(producer) = std::mem::replace(&mut *slot, TxnSlot::Released) {
-            join_producer(producer).await;
+        txn.shared.set_holding(partition, Holding::Released);
+        let barrier = txn.producer.read().await.as_ref().map(TxnProducer::barrier);
+        if let Some(barrier) = barrier {
+            let _ = barrier.await;
         }
         Ok(())
+    }
+
+    /// Makes transactions carry the offsets of the held partitions in the application's
+    /// consumer group, whose member at `endpoint` this instance is. Partition ownership calls
+    /// it before it joins the group.
+    pub(crate) fn join_group(&self, endpoint: &str) {
+        if let Some(txn) = &self.transactions {
+            *txn.member.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.to_owned());
+        }
+    }
+
+    /// Records the current metadata (member id, generation) of this instance's group member,
+    /// which transactions carry from now on.
+    pub(crate) fn set_group_metadata(
+        &self,
+        metadata: Option<rdkafka::consumer::ConsumerGroupMetadata>,
+    ) {
+        if let Some(txn) = &self.transactions {
+            txn.shared.set_group(metadata);
+        }
     }
 
     /// The settings of a client in `role` that talks to this log's brokers: the brokers, a
@@ -331,11 +362,11 @@ impl EventLog for KafkaLog {
                 return self.end_offset(partition).await;
             }
             let topic = &self.events_topic;
-            if let Some(slots) = &self.transactions {
+            if let Some(txn) = &self.transactions {
                 let count = records.len() as Offset;
                 let records = records.into_iter().map(|r| (r.key, r.value)).collect();
                 let first = self
-                    .append_transactional(slots, topic, partition, records)
+                    .append_transactional(txn, topic, partition, records)
                     .await?;
                 self.events_acked_end[partition as usize]
                     .fetch_max(first + count, Ordering::AcqRel);
@@ -427,12 +458,11 @@ impl LogBackend for KafkaLog {
             if self.closed.swap(true, Ordering::AcqRel) {
                 return Ok(());
             }
-            // Transactional producers commit what they hold, then stop.
-            for slot in self.transactions.iter().flatten() {
-                let mut slot = slot.lock().await;
-                if let TxnSlot::Owned(producer) = std::mem::replace(&mut *slot, TxnSlot::Released) {
-                    join_producer(producer).await;
-                }
+            // The transactional producer commits what it holds, then stops.
+            if let Some(txn) = &self.transactions
+                && let Some(producer) = txn.producer.write().await.take()
+            {
+                join_producer(producer).await;
             }
             let producer = self.producer();
             let timeout = self.config.delivery_timeout;

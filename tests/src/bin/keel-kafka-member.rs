@@ -3,7 +3,9 @@
 //! for partitions, sends COMMANDS commands to aggregates `k…` on the partitions it owns and
 //! prints `ACK <command-id> <aggregate-id> <seq>` for each as soon as it is acknowledged, then
 //! `DONE`, then keeps serving and prints `OWNED [p, …] <unix ms>` whenever its partitions
-//! change.
+//! change. A command that fails is retried; each new kind of failure is printed as
+//! `FAIL <command-id> <error>`. With `KEEL_MEMBER_TRANSACTIONAL=1` the log is transactional,
+//! its transaction timeout `KEEL_MEMBER_TRANSACTION_TIMEOUT_MS` (default 60 000).
 //!
 //! Usage: keel-kafka-member BOOTSTRAP PREFIX APP ENDPOINT PARTITIONS COMMANDS
 
@@ -46,6 +48,13 @@ async fn main() {
         .topic_prefix(prefix)
         .partitions(partitions)
         .linger(Duration::from_millis(2))
+        .transactional(std::env::var("KEEL_MEMBER_TRANSACTIONAL").is_ok_and(|v| v == "1"))
+        .transaction_timeout(Duration::from_millis(
+            std::env::var("KEEL_MEMBER_TRANSACTION_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(60_000),
+        ))
         .open()
         .await
         .unwrap_or_else(|e| fail(&format!("open: {e}")));
@@ -76,6 +85,7 @@ async fn main() {
         .collect();
     let tallies = runtime.aggregate::<Tally>();
     let mut n = 0;
+    let mut last_failure = String::new();
     while n < commands {
         let id = &ids[n % ids.len()];
         let command_id = format!("{endpoint}-{n}");
@@ -87,7 +97,14 @@ async fn main() {
                 say(&format!("ACK {command_id} {id} {}", done.seq));
                 n += 1;
             }
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) if e.is_retryable() || e.not_owner().is_some() => {
+                let failure = e.to_string();
+                if failure != last_failure {
+                    say(&format!("FAIL {command_id} {failure}"));
+                    last_failure = failure;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             Err(e) => fail(&format!("command {command_id} to {id}: {e}")),
         }
     }

@@ -111,7 +111,7 @@ impl CheckpointStore for KafkaLog {
 
 impl KafkaLog {
     /// The consumer that commits and fetches offsets of `group`.
-    fn group_consumer(&self, group: &str) -> Result<Arc<BaseConsumer>, StorageError> {
+    pub(super) fn group_consumer(&self, group: &str) -> Result<Arc<BaseConsumer>, StorageError> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(consumer) = groups.get(group) {
             return Ok(consumer.clone());
@@ -120,7 +120,10 @@ impl KafkaLog {
         config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+            .set("enable.auto.offset.store", "false")
+            // Offset fetches then ask for stable offsets (KIP-447): the group coordinator
+            // answers only once no open transaction holds an offset of the partition.
+            .set("isolation.level", "read_committed");
         let consumer: BaseConsumer = config.create().map_err(|e| {
             StorageError::io(
                 format!(
@@ -138,7 +141,7 @@ impl KafkaLog {
 
 /// Whether `e` says the group coordinator is not there yet: a fresh cluster creates its offsets
 /// topic on the first group request, and a rebalance of that topic moves coordinators.
-fn coordinator_unready(e: &KafkaError) -> bool {
+pub(super) fn coordinator_unready(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(

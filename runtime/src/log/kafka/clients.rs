@@ -26,8 +26,8 @@ pub(super) fn base_client_config(config: &KafkaConfig, role: &str) -> ClientConf
     client
 }
 
-/// The one place producers are configured. `transactional_id` is for the transactional mode
-/// (one producer per owned partition); the plain log uses one idempotent producer.
+/// The one place producers are configured. `transactional_id` is for the transactional
+/// producer; the plain log uses an idempotent one.
 pub(super) fn producer_client_config(
     config: &KafkaConfig,
     transactional_id: Option<&str>,
@@ -50,7 +50,15 @@ pub(super) fn producer_client_config(
         // keel chooses every partition itself; this only matters for records without one.
         .set("partitioner", "murmur2_random");
     if let Some(id) = transactional_id {
-        client.set("transactional.id", id);
+        // librdkafka refuses a delivery timeout longer than the transaction timeout.
+        let delivery = config.delivery_timeout.min(config.transaction_timeout);
+        client
+            .set("transactional.id", id)
+            .set(
+                "transaction.timeout.ms",
+                config.transaction_timeout.as_millis().to_string(),
+            )
+            .set("delivery.timeout.ms", delivery.as_millis().to_string());
     }
     client
 }

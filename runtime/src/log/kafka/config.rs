@@ -38,6 +38,7 @@ pub struct KafkaConfig {
     pub(crate) client_properties: Vec<(String, String)>,
     pub(crate) transactional: bool,
     pub(crate) commit_interval: Duration,
+    pub(crate) transaction_timeout: Duration,
 }
 
 impl KafkaConfig {
@@ -57,6 +58,7 @@ impl KafkaConfig {
             client_properties: Vec::new(),
             transactional: false,
             commit_interval: Duration::from_millis(5),
+            transaction_timeout: Duration::from_secs(10),
         }
     }
 
@@ -147,13 +149,21 @@ impl KafkaConfig {
         self
     }
 
-    /// The transactional (fencing) mode. Each partition this instance owns gets its own
-    /// transactional producer (`transactional.id = "{app_id}-{partition}"`); creating it fences
-    /// the producer of the partition's previous owner, whose later appends fail with
-    /// [`StorageError::Fenced`](crate::log::StorageError::Fenced) instead of reaching the log. The
-    /// events and snapshots of a partition are written in that partition's transactions,
-    /// appends are answered once their transaction committed, and every read is
-    /// `read_committed`. Checkpoints stay outside the transactions.
+    /// The transactional (fencing) mode. The log writes through one transactional producer,
+    /// and every append (events and snapshots) is answered once the transaction holding it
+    /// committed; every read is `read_committed`. A stale owner of a partition (a "zombie":
+    /// an instance that lost its group session in a long pause) is fenced, and its later
+    /// appends fail with [`StorageError::Fenced`](crate::log::StorageError::Fenced) instead of
+    /// reaching the log:
+    /// - with partition ownership ([`KafkaOwnership`](crate::KafkaOwnership)) by the consumer
+    ///   group (KIP-447): each transaction carries the group's metadata, which the group
+    ///   coordinator refuses once the group has moved on, and a partition's new owner waits
+    ///   until every transaction of the old owner that touched it has ended. The
+    ///   transactional id is `"{app_id}-{endpoint}"`;
+    /// - without ownership, by the transactional id `app_id`: a second log opened with the
+    ///   same app id fences the first.
+    ///
+    /// Checkpoints stay outside the transactions.
     ///
     /// Costs: an append waits for the commit interval ([`KafkaConfig::commit_interval`]) and
     /// a commit round trip, and offsets are no longer dense (each commit leaves a marker
@@ -165,13 +175,27 @@ impl KafkaConfig {
         self
     }
 
-    /// In the transactional mode, how long a partition's transaction stays open for more
+    /// In the transactional mode, how long a transaction stays open for more
     /// appends after its first one: the group-commit window. Every append in the window is
     /// answered after the one commit.
     ///
     /// Default = 5 ms.
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.commit_interval = interval;
+        self
+    }
+
+    /// In the transactional mode, how long a transaction may stay open before the broker
+    /// aborts it (`transaction.timeout.ms`). It bounds how long a crashed or frozen
+    /// instance's open transaction holds up the partitions it touched: readers wait at its
+    /// first record, and a new owner waits for it to end before it recovers. In this mode an
+    /// append's delivery timeout is at most this long. It must be at least the request
+    /// timeout, and the broker's `transaction.max.timeout.ms` (15 minutes by default) at
+    /// least this.
+    ///
+    /// Default = 10 s.
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.transaction_timeout = timeout;
         self
     }
 
@@ -203,6 +227,13 @@ impl KafkaConfig {
             return Err(Error::Config(format!(
                 "kafka max_snapshot_bytes {} is out of range (1 to {MAX_SNAPSHOT_BYTES_LIMIT})",
                 self.max_snapshot_bytes
+            )));
+        }
+        if self.transactional && self.transaction_timeout < self.request_timeout {
+            return Err(Error::Config(format!(
+                "kafka transaction_timeout {:?} is shorter than request_timeout {:?}: a \
+                 transaction must outlast one request",
+                self.transaction_timeout, self.request_timeout
             )));
         }
         if self.prefix().is_empty() {

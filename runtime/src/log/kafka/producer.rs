@@ -1,6 +1,6 @@
 //! The append path: the idempotent producer (replaced when it fails fatally), handing records
-//! to it and waiting for the broker's acknowledgement, and in the transactional mode one
-//! transactional producer per owned partition.
+//! to it and waiting for the broker's acknowledgement, and in the transactional mode the
+//! transactional producer.
 
 use std::time::{Duration, Instant};
 
@@ -9,78 +9,110 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::clients::producer_client_config;
-use super::transactions::{PartitionProducer, TxnAppend, TxnSettings, offer};
-use super::{KafkaLog, TxnSlot};
+use rdkafka::consumer::Consumer;
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use super::checkpoints::coordinator_unready;
+use super::transactions::{Holding, TxnAppend, TxnProducer, TxnSettings, offer};
+use super::{KafkaLog, Transactions, join_failed};
 use crate::error::StorageError;
 use crate::log::{LogBackend, Offset};
 
 impl KafkaLog {
-    /// Creates and initialises the transactional producer of `partition`.
-    pub(super) async fn start_producer(
+    /// Starts the transactional producer unless one is running and not fenced: `init_transactions`
+    /// fences every earlier producer with the same transactional id. `partition` is the one
+    /// being acquired, for errors.
+    pub(super) async fn ensure_producer(
         &self,
+        txn: &Transactions,
         partition: u32,
-    ) -> Result<PartitionProducer, StorageError> {
-        let transactional_id = format!("{}-{partition}", self.config.app_id);
+    ) -> Result<(), StorageError> {
+        let mut producer = txn.producer.write().await;
+        if let Some(running) = &*producer
+            && running.fenced().is_none()
+        {
+            return Ok(());
+        }
+        if let Some(fenced) = producer.take() {
+            join_producer(fenced).await;
+        }
+        let member = txn.member();
+        let transactional_id = match &member {
+            Some(endpoint) => format!("{}-{endpoint}", self.config.app_id),
+            None => self.config.app_id.clone(),
+        };
         let client = producer_client_config(&self.config, Some(&transactional_id));
         let settings = TxnSettings {
-            partition,
-            transactional_id,
+            transactional_id: transactional_id.clone(),
+            events_topic: self.events_topic.clone(),
+            grouped: member.is_some(),
             commit_interval: self.config.commit_interval,
-            timeout: self.config.delivery_timeout,
+            timeout: self
+                .config
+                .delivery_timeout
+                .min(self.config.transaction_timeout),
             describe: format!("kafka {}", self.config.bootstrap_servers),
         };
+        let shared = txn.shared.clone();
         let started = Instant::now();
-        let producer =
-            tokio::task::spawn_blocking(move || PartitionProducer::start(client, settings))
+        let context = || {
+            self.at(
+                "starting the producer for",
+                &self.events_topic,
+                partition,
+                None,
+            )
+        };
+        let fresh =
+            tokio::task::spawn_blocking(move || TxnProducer::start(client, settings, shared))
                 .await
-                .map_err(|e| {
-                    StorageError::io(
-                        self.at(
-                            "starting the producer of",
-                            &self.events_topic,
-                            partition,
-                            None,
-                        ),
-                        e,
-                    )
-                })??;
+                .map_err(|e| StorageError::io(context(), e))?
+                .map_err(|e| match e {
+                    StorageError::Fenced { detail, .. } => {
+                        StorageError::Fenced { partition, detail }
+                    }
+                    other => other,
+                })?;
         tracing::info!(
-            partition,
+            transactional_id,
             latency_ms = started.elapsed().as_millis() as u64,
-            "kafka transactional producer initialised; earlier owners are fenced"
+            "kafka transactional producer initialised; earlier producers with its id are fenced"
         );
-        Ok(producer)
+        *producer = Some(fresh);
+        Ok(())
     }
 
-    /// Appends `records` to `topic`/`partition` in the partition's next transaction; resolves
+    /// Appends `records` to `topic`/`partition` in the producer's next transaction; resolves
     /// to the first record's offset once that transaction committed.
     pub(super) async fn append_transactional(
         &self,
-        slots: &[tokio::sync::Mutex<TxnSlot>],
+        txn: &Transactions,
         topic: &str,
         partition: u32,
         records: Vec<(String, Vec<u8>)>,
     ) -> Result<Offset, StorageError> {
         let fenced = |detail: String| StorageError::Fenced { partition, detail };
+        match txn.shared.holding(partition) {
+            Holding::Held => {}
+            Holding::Unclaimed => self.acquire_partition(partition).await?,
+            Holding::Released => {
+                return Err(fenced(format!(
+                    "{}: this instance released the partition",
+                    self.at("appending to", topic, partition, None)
+                )));
+            }
+        }
         let (reply, committed) = tokio::sync::oneshot::channel();
         {
-            let mut slot = slots[partition as usize].lock().await;
-            if let TxnSlot::Unclaimed = &*slot {
-                *slot = TxnSlot::Owned(self.start_producer(partition).await?);
-            }
-            let producer = match &*slot {
-                TxnSlot::Owned(producer) => producer,
-                _ => {
-                    return Err(fenced(format!(
-                        "{}: this instance released the partition",
-                        self.at("appending to", topic, partition, None)
-                    )));
-                }
+            let producer = txn.producer.read().await;
+            let Some(producer) = &*producer else {
+                return Err(StorageError::Closed(self.describe()));
             };
             if let Some(detail) = producer.fenced() {
                 return Err(fenced(detail));
             }
             let append = TxnAppend {
+                partition,
                 topic: topic.to_owned(),
                 records,
                 reply,
@@ -95,6 +127,45 @@ impl KafkaLog {
         committed
             .await
             .map_err(|_| StorageError::Closed(self.describe()))?
+    }
+
+    /// Waits until no open transaction holds a group offset for `partition` in the
+    /// application's consumer group: reads that offset `require_stable` (the group consumer
+    /// is `read_committed`), which the group coordinator answers only once every such
+    /// transaction has committed or aborted.
+    pub(super) async fn await_stable_group_offset(
+        &self,
+        partition: u32,
+    ) -> Result<(), StorageError> {
+        let group = self.config.app_id.clone();
+        let context = || {
+            format!(
+                "{} (waiting for the transactions of its previous owner to end, group {group})",
+                self.at("acquiring", &self.events_topic, partition, None)
+            )
+        };
+        let consumer = self.group_consumer(&group)?;
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition(&self.events_topic, partition as i32);
+        let timeout = self.config.transaction_timeout + self.config.request_timeout;
+        let started = Instant::now();
+        self.retrying(coordinator_unready, || {
+            let consumer = consumer.clone();
+            let wanted = wanted.clone();
+            async move {
+                tokio::task::spawn_blocking(move || consumer.committed_offsets(wanted, timeout))
+                    .await
+                    .map_err(join_failed)
+            }
+        })
+        .await
+        .map_err(|e| StorageError::io(context(), e))?;
+        tracing::debug!(
+            partition,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "no open transaction of an earlier owner holds the partition"
+        );
+        Ok(())
     }
 
     /// Hands one record to the producer; waits (up to the delivery timeout) while the
@@ -231,7 +302,7 @@ impl KafkaLog {
 }
 
 /// Stops a transactional producer and waits (off the async workers) until its thread ended.
-pub(super) async fn join_producer(producer: PartitionProducer) {
+pub(super) async fn join_producer(producer: TxnProducer) {
     let thread = producer.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
 }

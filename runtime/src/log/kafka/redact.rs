@@ -57,6 +57,7 @@ impl fmt::Debug for KafkaConfig {
             .field("client_properties", &Properties(&self.client_properties))
             .field("transactional", &self.transactional)
             .field("commit_interval", &self.commit_interval)
+            .field("transaction_timeout", &self.transaction_timeout)
             .finish()
     }
 }

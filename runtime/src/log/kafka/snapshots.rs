@@ -126,9 +126,9 @@ impl SnapshotStore for KafkaLog {
                 });
             }
             let offset = match &self.transactions {
-                Some(slots) => {
+                Some(txn) => {
                     let records = vec![(key.clone(), value.clone())];
-                    self.append_transactional(slots, topic, partition, records)
+                    self.append_transactional(txn, topic, partition, records)
                         .await?
                 }
                 None => {

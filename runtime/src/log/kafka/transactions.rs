@@ -1,47 +1,146 @@
-//! The transactional mode: one transactional producer per owned partition, which fences the
-//! producer of any earlier owner of that partition.
+//! The transactional mode: one transactional producer per log, whose transactions a stale
+//! owner of a partition cannot commit.
 //!
-//! A [`PartitionProducer`] owns a producer with `transactional.id = "{app_id}-{partition}"`
-//! on a thread of its own, because librdkafka's transactional calls (`init_transactions`,
-//! `commit_transaction`, `abort_transaction`) block. Appends (events and snapshots of the
+//! A [`TxnProducer`] owns a producer on a thread of its own, because librdkafka's
+//! transactional calls (`init_transactions`, `send_offsets_to_transaction`,
+//! `commit_transaction`, `abort_transaction`) block. Appends (events and snapshots, of any
 //! partition) are sent to that thread; it opens a transaction with the first one, produces
 //! every append that arrives within the commit interval into it, commits, and only then
 //! answers each append — with its offsets after a commit, with an error after a failure.
 //!
-//! Creating the producer calls `init_transactions`, which makes the broker bump the
-//! producer epoch of that transactional id and abort the open transaction of the previous
-//! holder: from then on the previous owner's produce requests and commits fail with
+//! **Fencing by the consumer group** (KIP-447), with partition ownership. Right after it
+//! begins a transaction, and before it produces anything, the thread sends the transaction
+//! offsets for the events partitions this instance holds, in the application's consumer
+//! group, with the group metadata (member id and generation) of this instance's group member
+//! ([`TxnShared::set_group`]). The group coordinator refuses them once the group has moved
+//! past that generation: the transaction is aborted before it holds a record, and is tried
+//! again with the member's newer metadata until the member learns what it owns now. A stale
+//! owner's appends therefore never reach the log. The other half is the new owner's:
+//! before it recovers a partition it reads the partition's group offset with
+//! `require_stable` (a `read_committed` consumer), which waits while a transaction holding
+//! offsets for that partition is open. Every transaction that touched the partition under an
+//! older generation has ended — committed, so the recovery sees its records, or aborted —
+//! before the new owner reads the partition.
+//!
+//! **Fencing by the transactional id**, without ownership: every log of an application uses
+//! the transactional id `app_id`, so opening a second one bumps the producer epoch and
+//! aborts the first one's open transaction; from then on the first one's commits fail with
 //! `PRODUCER_FENCED`. A fenced producer answers every pending and later append with
-//! [`StorageError::Fenced`] and is never re-initialised by itself: re-initialising would fence
-//! the new owner back. Only an explicit [`KafkaLog::acquire_partition`](crate::KafkaLog)
-//! (partition ownership assigned the partition again) creates a new one.
+//! [`StorageError::Fenced`] and is never re-initialised by itself: that would fence the new
+//! holder back. Only an explicit [`KafkaLog::acquire_partition`](crate::KafkaLog) starts a
+//! new one.
 
-use std::sync::mpsc;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 
 use crate::error::StorageError;
 use crate::log::Offset;
 
-/// One append handed to a partition's producer thread: records for one topic, all in the
-/// producer's partition.
+/// Where an append's outcome goes: the offset of its first record, or why it failed.
+type Reply = oneshot::Sender<Result<Offset, StorageError>>;
+
+/// One append handed to the producer thread: records for one topic and partition.
 pub(super) struct TxnAppend {
+    pub(super) partition: u32,
     pub(super) topic: String,
     pub(super) records: Vec<(String, Vec<u8>)>,
     /// The offset of the first record, once the transaction holding them committed.
-    pub(super) reply: oneshot::Sender<Result<Offset, StorageError>>,
+    pub(super) reply: Reply,
 }
 
-/// How a partition's producer works.
+enum Message {
+    Append(TxnAppend),
+    /// Answered once every append sent before it has been answered.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// A partition this log has never acquired: its first append acquires it (a log without
+/// partition ownership holds every partition).
+const UNCLAIMED: u8 = 0;
+const HELD: u8 = 1;
+/// Released to another owner; appends fail as fenced until acquired again.
+const RELEASED: u8 = 2;
+
+/// What a partition is to this log in the transactional mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Holding {
+    Unclaimed,
+    Held,
+    Released,
+}
+
+/// What the log and its producer thread share.
+pub(super) struct TxnShared {
+    /// Per events partition, a [`Holding`].
+    holding: Vec<AtomicU8>,
+    /// The group metadata of this instance's member of the application's consumer group; `None`
+    /// without partition ownership.
+    group: Mutex<Option<Arc<ConsumerGroupMetadata>>>,
+    /// Per events partition: this log's acknowledged end, the group offset a transaction
+    /// commits for it.
+    acked_end: Arc<[AtomicU64]>,
+}
+
+impl TxnShared {
+    pub(super) fn new(acked_end: Arc<[AtomicU64]>) -> TxnShared {
+        TxnShared {
+            holding: (0..acked_end.len())
+                .map(|_| AtomicU8::new(UNCLAIMED))
+                .collect(),
+            group: Mutex::new(None),
+            acked_end,
+        }
+    }
+
+    pub(super) fn holding(&self, partition: u32) -> Holding {
+        match self.holding[partition as usize].load(Ordering::Acquire) {
+            UNCLAIMED => Holding::Unclaimed,
+            HELD => Holding::Held,
+            _ => Holding::Released,
+        }
+    }
+
+    pub(super) fn set_holding(&self, partition: u32, holding: Holding) {
+        let value = match holding {
+            Holding::Unclaimed => UNCLAIMED,
+            Holding::Held => HELD,
+            Holding::Released => RELEASED,
+        };
+        self.holding[partition as usize].store(value, Ordering::Release);
+    }
+
+    /// Records the current metadata of this instance's group member.
+    pub(super) fn set_group(&self, metadata: Option<ConsumerGroupMetadata>) {
+        *lock(&self.group) = metadata.map(Arc::new);
+    }
+
+    fn group(&self) -> Option<Arc<ConsumerGroupMetadata>> {
+        lock(&self.group).clone()
+    }
+
+    fn held(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.holding.len() as u32).filter(|&p| self.holding(p) == Holding::Held)
+    }
+}
+
+/// How the producer works.
 pub(super) struct TxnSettings {
-    pub(super) partition: u32,
     pub(super) transactional_id: String,
+    /// The events topic, whose partitions' group offsets the transactions carry.
+    pub(super) events_topic: String,
+    /// Whether transactions carry group offsets (the log runs under partition ownership).
+    pub(super) grouped: bool,
     /// How long a transaction stays open for more appends after its first one.
     pub(super) commit_interval: Duration,
     /// The limit for `init_transactions`, commits, aborts and a full producer queue.
@@ -50,24 +149,25 @@ pub(super) struct TxnSettings {
     pub(super) describe: String,
 }
 
-/// The transactional producer of one partition, running on its own thread.
-pub(super) struct PartitionProducer {
-    sender: mpsc::Sender<TxnAppend>,
+/// The log's transactional producer, running on its own thread.
+pub(super) struct TxnProducer {
+    sender: mpsc::Sender<Message>,
     thread: JoinHandle<()>,
     /// Set by the thread when it was fenced (and has stopped): why.
-    fenced: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    fenced: Arc<Mutex<Option<String>>>,
 }
 
-impl PartitionProducer {
+impl TxnProducer {
     /// Creates the producer and runs `init_transactions`, fencing any earlier producer with the
     /// same transactional id. Blocks: call it off the async workers.
     pub(super) fn start(
         config: ClientConfig,
         settings: TxnSettings,
-    ) -> Result<PartitionProducer, StorageError> {
+        shared: Arc<TxnShared>,
+    ) -> Result<TxnProducer, StorageError> {
         let context = format!(
-            "{}: initialising transactional producer {} for partition {}",
-            settings.describe, settings.transactional_id, settings.partition
+            "{}: initialising transactional producer {}",
+            settings.describe, settings.transactional_id
         );
         let producer: FutureProducer = config
             .create()
@@ -76,21 +176,27 @@ impl PartitionProducer {
             .init_transactions(settings.timeout)
             .map_err(|e| match classify(&e) {
                 Failure::Fenced => StorageError::Fenced {
-                    partition: settings.partition,
+                    partition: 0,
                     detail: format!("{context}: {e}"),
                 },
                 _ => StorageError::io(context.clone(), e),
             })?;
         let (sender, receiver) = mpsc::channel();
-        let fenced = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let fenced = Arc::new(Mutex::new(None));
         let thread = {
             let fenced = fenced.clone();
+            let worker = Worker {
+                producer,
+                settings,
+                shared,
+                fenced,
+            };
             std::thread::Builder::new()
-                .name(format!("keel-txn-{}", settings.partition))
-                .spawn(move || run(producer, receiver, settings, fenced))
+                .name("keel-txn".into())
+                .spawn(move || worker.run(receiver))
                 .map_err(|e| StorageError::io(context, e))?
         };
-        Ok(PartitionProducer {
+        Ok(TxnProducer {
             sender,
             thread,
             fenced,
@@ -100,7 +206,20 @@ impl PartitionProducer {
     /// Queues an append; it is answered after its transaction committed or failed. `Err` gives
     /// the append back when the producer has stopped (fenced).
     pub(super) fn send(&self, append: TxnAppend) -> Result<(), TxnAppend> {
-        self.sender.send(append).map_err(|e| e.0)
+        self.sender
+            .send(Message::Append(append))
+            .map_err(|e| match e.0 {
+                Message::Append(append) => append,
+                Message::Barrier(_) => unreachable!("sent an append"),
+            })
+    }
+
+    /// Resolves once every append queued before it has been answered (at once when the
+    /// producer has stopped).
+    pub(super) fn barrier(&self) -> oneshot::Receiver<()> {
+        let (done, answered) = oneshot::channel();
+        let _ = self.sender.send(Message::Barrier(done));
+        answered
     }
 
     /// Why the producer was fenced, once it was.
@@ -160,176 +279,353 @@ fn fencing_code(code: RDKafkaErrorCode) -> bool {
 
 /// One append produced into the open transaction.
 struct Pending {
-    reply: oneshot::Sender<Result<Offset, StorageError>>,
+    reply: Reply,
+    partition: u32,
     topic: String,
     deliveries: Vec<DeliveryFuture>,
 }
 
-/// The producer thread: transactions of batched appends until the sender is dropped or the
-/// producer is fenced.
-fn run(
+/// Why a transaction could not begin.
+enum NotBegun {
+    /// The producer is fenced: this detail.
+    Fenced(String),
+    /// The first append's partition is no longer held, or the group kept refusing: this error.
+    Refused(StorageError),
+}
+
+/// The producer thread's state.
+struct Worker {
     producer: FutureProducer,
-    receiver: mpsc::Receiver<TxnAppend>,
     settings: TxnSettings,
-    fenced: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-) {
-    let partition = settings.partition;
-    let at = |what: &str| {
+    shared: Arc<TxnShared>,
+    fenced: Arc<Mutex<Option<String>>>,
+}
+
+impl Worker {
+    fn at(&self, what: &str) -> String {
         format!(
-            "{}: {what} (transactional id {}, partition {partition})",
-            settings.describe, settings.transactional_id
+            "{}: {what} (transactional id {})",
+            self.settings.describe, self.settings.transactional_id
         )
-    };
-    let mut open = true;
-    while open {
-        let Ok(first) = receiver.recv() else { break };
-        let started = Instant::now();
-        let mut failure: Option<(Failure, String)> = None;
-        if let Err(e) = producer.begin_transaction() {
-            failure = Some((
-                classify(&e),
-                format!("{}: {e}", at("beginning a transaction")),
-            ));
-        }
-        let mut pending = Vec::new();
-        let mut produce = |append: TxnAppend, failure: &mut Option<(Failure, String)>| {
-            let mut deliveries = Vec::with_capacity(append.records.len());
-            if failure.is_none() {
-                for (key, value) in &append.records {
-                    match send(
-                        &producer,
-                        &append.topic,
-                        partition,
-                        key,
-                        value,
-                        settings.timeout,
-                    ) {
-                        Ok(delivery) => deliveries.push(delivery),
-                        Err(e) => {
-                            let what = at(&format!("producing to topic {}", append.topic));
-                            *failure = Some((classify(&e), format!("{what}: {e}")));
-                            break;
-                        }
+    }
+
+    /// Transactions of batched appends until the sender is dropped or the producer is fenced.
+    fn run(self, receiver: mpsc::Receiver<Message>) {
+        let mut open = true;
+        while open {
+            let first = match receiver.recv() {
+                Ok(Message::Append(append)) => append,
+                Ok(Message::Barrier(done)) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let started = Instant::now();
+            let mut covered = BTreeSet::new();
+            match self.begin(first.partition, &mut covered) {
+                Ok(()) => {}
+                Err(NotBegun::Refused(error)) => {
+                    let _ = first.reply.send(Err(error));
+                    continue;
+                }
+                Err(NotBegun::Fenced(detail)) => {
+                    self.fence(detail, vec![(first.partition, first.reply)], &receiver);
+                    break;
+                }
+            }
+            let mut failure: Option<(Failure, String)> = None;
+            let mut pending = Vec::new();
+            let mut barriers = Vec::new();
+            self.produce(first, &mut covered, &mut pending, &mut failure);
+            let deadline = started + self.settings.commit_interval;
+            while barriers.is_empty() {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match receiver.recv_timeout(deadline - now) {
+                    Ok(Message::Append(append)) => {
+                        self.produce(append, &mut covered, &mut pending, &mut failure)
+                    }
+                    // Commit now: a partition is being handed over.
+                    Ok(Message::Barrier(done)) => barriers.push(done),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        break;
                     }
                 }
             }
-            pending.push(Pending {
-                reply: append.reply,
-                topic: append.topic,
-                deliveries,
-            });
-        };
-        produce(first, &mut failure);
-        let deadline = started + settings.commit_interval;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
+            if failure.is_none() {
+                failure = self.commit();
+            }
+            let stopped = self.answer(pending, failure, started, &receiver);
+            for done in barriers {
+                let _ = done.send(());
+            }
+            if stopped {
                 break;
             }
-            match receiver.recv_timeout(deadline - now) {
-                Ok(append) => produce(append, &mut failure),
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    break;
+        }
+        // Dropping the producer purges and flushes it; this thread may block for that.
+        drop(self.producer);
+    }
+
+    /// Begins a transaction for an append to `partition`. Under partition ownership it first
+    /// registers the group offsets of every held partition and `partition` (added to
+    /// `covered`); while the group refuses them (a rebalance moved the generation on) the
+    /// empty transaction is aborted and begun again with the member's newer metadata, until
+    /// `partition` is released or the timeout passes.
+    fn begin(&self, partition: u32, covered: &mut BTreeSet<u32>) -> Result<(), NotBegun> {
+        let deadline = Instant::now() + self.settings.timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if let Err(e) = self.producer.begin_transaction() {
+                let detail = format!("{}: {e}", self.at("beginning a transaction"));
+                return Err(match classify(&e) {
+                    Failure::Fenced => NotBegun::Fenced(detail),
+                    _ => NotBegun::Refused(StorageError::io(self.at("beginning a transaction"), e)),
+                });
+            }
+            if !self.settings.grouped {
+                return Ok(());
+            }
+            let mut partitions: BTreeSet<u32> = self.shared.held().collect();
+            partitions.insert(partition);
+            let refused = match self.register(&partitions) {
+                Ok(()) => {
+                    covered.extend(partitions);
+                    return Ok(());
                 }
+                Err((Failure::Fenced, detail)) => return Err(NotBegun::Fenced(detail)),
+                Err((_, detail)) => detail,
+            };
+            if let Err(e) = self.producer.abort_transaction(self.settings.timeout) {
+                let detail = format!("{}: {e}", self.at("aborting an empty transaction"));
+                if let Failure::Fenced = classify(&e) {
+                    return Err(NotBegun::Fenced(detail));
+                }
+                tracing::warn!(detail, "kafka transaction abort failed");
+            }
+            if self.shared.holding(partition) == Holding::Released {
+                return Err(NotBegun::Refused(StorageError::Fenced {
+                    partition,
+                    detail: format!(
+                        "{}: this instance no longer owns the partition ({refused})",
+                        self.at(&format!("appending to partition {partition}"))
+                    ),
+                }));
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(NotBegun::Refused(StorageError::io(
+                    self.at(&format!("appending to partition {partition}")),
+                    std::io::Error::other(refused),
+                )));
+            }
+            tracing::debug!(
+                partition,
+                refused,
+                "kafka transaction refused by the group; retrying"
+            );
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Adds the group offsets of `partitions` to the open transaction, with the current
+    /// metadata of this instance's group member.
+    fn register(&self, partitions: &BTreeSet<u32>) -> Result<(), (Failure, String)> {
+        let what = "registering the transaction with the consumer group";
+        let Some(group) = self.shared.group() else {
+            return Err((
+                Failure::Retriable,
+                self.at(&format!("{what}: not a member of the group (yet)")),
+            ));
+        };
+        let mut offsets = TopicPartitionList::with_capacity(partitions.len());
+        for &p in partitions {
+            let end = self.shared.acked_end[p as usize].load(Ordering::Acquire);
+            offsets
+                .add_partition_offset(
+                    &self.settings.events_topic,
+                    p as i32,
+                    rdkafka::Offset::Offset(end as i64),
+                )
+                .map_err(|e| (Failure::Abortable, format!("{}: {e}", self.at(what))))?;
+        }
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group, self.settings.timeout)
+            .map_err(|e| (classify(&e), format!("{}: {e}", self.at(what))))
+    }
+
+    /// Produces one append into the open transaction (nothing once the transaction failed).
+    fn produce(
+        &self,
+        append: TxnAppend,
+        covered: &mut BTreeSet<u32>,
+        pending: &mut Vec<Pending>,
+        failure: &mut Option<(Failure, String)>,
+    ) {
+        let mut deliveries = Vec::with_capacity(append.records.len());
+        if failure.is_none() && self.settings.grouped && !covered.contains(&append.partition) {
+            // A partition acquired while the transaction was open.
+            match self.register(&BTreeSet::from([append.partition])) {
+                Ok(()) => {
+                    covered.insert(append.partition);
+                }
+                Err(refused) => *failure = Some(refused),
             }
         }
         if failure.is_none() {
-            failure = commit(&producer, &settings, &at);
-        }
-        let count = pending.len();
-        match failure {
-            None => {
-                for append in pending {
-                    let result = offsets(append.deliveries, &append.topic, &at);
-                    let _ = append.reply.send(result);
-                }
-                tracing::trace!(
-                    partition,
-                    appends = count,
-                    latency_us = started.elapsed().as_micros() as u64,
-                    "kafka transaction committed"
-                );
-            }
-            Some((kind, detail)) => {
-                // A delivery refused with PRODUCER_FENCED makes any failure a fencing.
-                let fenced_delivery = pending.iter_mut().any(|p| {
-                    p.deliveries.iter_mut().any(|d| {
-                        matches!(
-                            futures::FutureExt::now_or_never(d),
-                            Some(Ok(Err((KafkaError::MessageProduction(code), _)))) if fencing_code(code)
-                        )
-                    })
-                });
-                let kind = if fenced_delivery {
-                    Failure::Fenced
-                } else {
-                    kind
-                };
-                if let Failure::Fenced = kind {
-                    tracing::error!(
-                        partition,
-                        detail,
-                        "kafka producer fenced: another instance owns the partition now"
-                    );
-                    *lock(&fenced) = Some(detail.clone());
-                    let error = StorageError::Fenced { partition, detail };
-                    for append in pending {
-                        let _ = append.reply.send(Err(error.clone()));
-                    }
-                    // Everything queued behind the failed transaction fails the same way.
-                    while let Ok(append) = receiver.try_recv() {
-                        let _ = append.reply.send(Err(error.clone()));
-                    }
-                    break;
-                }
-                tracing::warn!(partition, detail, "kafka transaction failed; aborting it");
-                let error = StorageError::io(
-                    at("committing a transaction"),
-                    std::io::Error::other(detail),
-                );
-                let aborted = producer.abort_transaction(settings.timeout);
-                for append in pending {
-                    let _ = append.reply.send(Err(error.clone()));
-                }
-                if let Err(e) = aborted {
-                    if let Failure::Fenced = classify(&e) {
-                        let detail = format!("{}: {e}", at("aborting a transaction"));
-                        *lock(&fenced) = Some(detail.clone());
-                        let error = StorageError::Fenced { partition, detail };
-                        while let Ok(append) = receiver.try_recv() {
-                            let _ = append.reply.send(Err(error.clone()));
-                        }
+            for (key, value) in &append.records {
+                match send(
+                    &self.producer,
+                    &append.topic,
+                    append.partition,
+                    key,
+                    value,
+                    self.settings.timeout,
+                ) {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err(e) => {
+                        let what = self.at(&format!(
+                            "producing to topic {} partition {}",
+                            append.topic, append.partition
+                        ));
+                        *failure = Some((classify(&e), format!("{what}: {e}")));
                         break;
                     }
-                    tracing::warn!(partition, error = %e, "kafka transaction abort failed");
                 }
+            }
+        }
+        pending.push(Pending {
+            reply: append.reply,
+            partition: append.partition,
+            topic: append.topic,
+            deliveries,
+        });
+    }
+
+    /// Commits the open transaction, retrying retriable failures until the timeout.
+    fn commit(&self) -> Option<(Failure, String)> {
+        let deadline = Instant::now() + self.settings.timeout;
+        await_deliveries(&self.producer, deadline);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.producer.commit_transaction(left) {
+                Ok(()) => return None,
+                Err(e) => match classify(&e) {
+                    Failure::Retriable if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    kind => {
+                        return Some((
+                            kind,
+                            format!("{}: {e}", self.at("committing a transaction")),
+                        ));
+                    }
+                },
             }
         }
     }
-    // Dropping the producer purges and flushes it; this thread may block for that.
-    drop(producer);
-}
 
-/// Commits the open transaction, retrying retriable failures until the timeout.
-fn commit(
-    producer: &FutureProducer,
-    settings: &TxnSettings,
-    at: &impl Fn(&str) -> String,
-) -> Option<(Failure, String)> {
-    let deadline = Instant::now() + settings.timeout;
-    await_deliveries(producer, deadline);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match producer.commit_transaction(left) {
-            Ok(()) => return None,
-            Err(e) => match classify(&e) {
-                Failure::Retriable if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
+    /// Answers the transaction's appends after its commit (`failure` is `None`) or failure;
+    /// aborts a failed one. True when the producer is fenced and has stopped.
+    fn answer(
+        &self,
+        mut pending: Vec<Pending>,
+        failure: Option<(Failure, String)>,
+        started: Instant,
+        receiver: &mpsc::Receiver<Message>,
+    ) -> bool {
+        let Some((kind, detail)) = failure else {
+            let count = pending.len();
+            for append in pending {
+                let at = |what: &str| self.at(&format!("{what} partition {}", append.partition));
+                let result = offsets(append.deliveries, &append.topic, &at);
+                let _ = append.reply.send(result);
+            }
+            tracing::trace!(
+                appends = count,
+                latency_us = started.elapsed().as_micros() as u64,
+                "kafka transaction committed"
+            );
+            return false;
+        };
+        // A delivery refused with PRODUCER_FENCED makes any failure a fencing.
+        let fenced_delivery = pending.iter_mut().any(|p| {
+            p.deliveries.iter_mut().any(|d| {
+                matches!(
+                    futures::FutureExt::now_or_never(d),
+                    Some(Ok(Err((KafkaError::MessageProduction(code), _)))) if fencing_code(code)
+                )
+            })
+        });
+        let replies = || {
+            pending
+                .into_iter()
+                .map(|p| (p.partition, p.reply))
+                .collect::<Vec<_>>()
+        };
+        if fenced_delivery || matches!(kind, Failure::Fenced) {
+            self.fence(detail, replies(), receiver);
+            return true;
+        }
+        tracing::warn!(detail, "kafka transaction failed; aborting it");
+        let error = StorageError::io(
+            self.at("committing a transaction"),
+            std::io::Error::other(detail),
+        );
+        let aborted = self.producer.abort_transaction(self.settings.timeout);
+        for (_, reply) in replies() {
+            let _ = reply.send(Err(error.clone()));
+        }
+        match aborted {
+            Err(e) if matches!(classify(&e), Failure::Fenced) => {
+                self.fence(
+                    format!("{}: {e}", self.at("aborting a transaction")),
+                    Vec::new(),
+                    receiver,
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka transaction abort failed");
+                false
+            }
+            Ok(()) => false,
+        }
+    }
+
+    /// The producer is fenced: records why, and fails `replies` and every append queued.
+    fn fence(
+        &self,
+        detail: String,
+        replies: Vec<(u32, Reply)>,
+        receiver: &mpsc::Receiver<Message>,
+    ) {
+        tracing::error!(
+            detail,
+            "kafka producer fenced: another instance owns its partitions now"
+        );
+        *lock(&self.fenced) = Some(detail.clone());
+        let error = |partition| StorageError::Fenced {
+            partition,
+            detail: detail.clone(),
+        };
+        for (partition, reply) in replies {
+            let _ = reply.send(Err(error(partition)));
+        }
+        while let Ok(message) = receiver.try_recv() {
+            match message {
+                Message::Append(append) => {
+                    let _ = append.reply.send(Err(error(append.partition)));
                 }
-                kind => return Some((kind, format!("{}: {e}", at("committing a transaction")))),
-            },
+                Message::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 }
@@ -409,8 +705,8 @@ fn send(
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Only an Option is replaced under this lock; a panic cannot leave it inconsistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only an Option is replaced under these locks; a panic cannot leave one inconsistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
