@@ -58,7 +58,14 @@ pub(super) fn producer_client_config(
                 "transaction.timeout.ms",
                 config.transaction_timeout.as_millis().to_string(),
             )
-            .set("delivery.timeout.ms", delivery.as_millis().to_string());
+            .set("delivery.timeout.ms", delivery.as_millis().to_string())
+            // Right after a commit the coordinator answers the next transaction's first
+            // request with CONCURRENT_TRANSACTIONS until the commit markers are written (a
+            // few ms). librdkafka retries AddOffsetsToTxn after `retry.backoff.ms` (default
+            // 100 ms, doubling): every transaction under partition ownership begins with one,
+            // so wait a few ms instead.
+            .set("retry.backoff.ms", "2")
+            .set("retry.backoff.max.ms", "100");
     }
     client
 }

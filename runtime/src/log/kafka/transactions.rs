@@ -340,11 +340,25 @@ impl Worker {
             self.produce(first, &mut covered, &mut pending, &mut failure);
             let deadline = started + self.settings.commit_interval;
             while barriers.is_empty() {
+                // What queued up while the transaction began (under ownership its offsets
+                // take a round trip or two) joins it even after the deadline, for another
+                // interval at most.
                 let now = Instant::now();
-                if now >= deadline {
+                if now >= deadline + self.settings.commit_interval {
                     break;
                 }
-                match receiver.recv_timeout(deadline - now) {
+                let received = if now >= deadline {
+                    match receiver.try_recv() {
+                        Ok(message) => Ok(message),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            Err(mpsc::RecvTimeoutError::Disconnected)
+                        }
+                    }
+                } else {
+                    receiver.recv_timeout(deadline - now)
+                };
+                match received {
                     Ok(Message::Append(append)) => {
                         self.produce(append, &mut covered, &mut pending, &mut failure)
                     }
