@@ -156,17 +156,24 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_sigkill_under_load_loses_and_doubles_nothing() {
-    crash_under_load("one-node", 1, Fault::WholeCluster).await;
+    crash_under_load("one-node", 1, Fault::WholeCluster, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_on_three_nodes_loses_and_doubles_nothing() {
-    crash_under_load("leader", 3, Fault::Leader).await;
+    crash_under_load("leader", 3, Fault::Leader, false).await;
+}
+
+/// The transactional mode: the killed node may also be the transaction coordinator (its
+/// `__transaction_state` partitions move to another node) or lead the group's offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_on_three_nodes_in_the_transactional_mode_loses_and_doubles_nothing() {
+    crash_under_load("txn-leader", 3, Fault::Leader, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_sigkill_on_three_nodes_loses_and_doubles_nothing() {
-    crash_under_load("three-nodes", 3, Fault::WholeCluster).await;
+    crash_under_load("three-nodes", 3, Fault::WholeCluster, false).await;
 }
 
 /// The broker id (= `scripts/broker` node number) leading the most partitions of `topic`.
@@ -191,7 +198,7 @@ async fn busiest_leader(bootstrap: &str, topic: &str) -> u32 {
     .unwrap()
 }
 
-async fn crash_under_load(name: &str, nodes: u32, fault: Fault) {
+async fn crash_under_load(name: &str, nodes: u32, fault: Fault, transactional: bool) {
     // The shared broker is only the signal that Kafka tests should run; this test kills a
     // cluster of its own.
     if kafka_bootstrap("kafka_broker_crash").is_none() {
@@ -212,6 +219,7 @@ async fn crash_under_load(name: &str, nodes: u32, fault: Fault) {
             &prefix,
             PARTITIONS,
         )
+        .transactional(transactional)
         .open()
         .await
         .expect("open the kafka log"),
@@ -344,7 +352,11 @@ async fn crash_under_load(name: &str, nodes: u32, fault: Fault) {
 
     // The log: every acknowledged command exactly once, at the sequence number it was
     // acknowledged with; no command id twice; every aggregate's sequence dense.
-    let events = keel_tests::read_events(log.as_ref()).await;
+    let events = if transactional {
+        keel_tests::read_committed_events(log.as_ref()).await
+    } else {
+        keel_tests::read_events(log.as_ref()).await
+    };
     let mut by_command: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
     let mut seqs: HashMap<&str, Vec<u64>> = HashMap::new();
     for env in &events {

@@ -334,18 +334,32 @@ impl KafkaLog {
         partition: u32,
     ) -> BoxFuture<'a, Result<Offset, StorageError>> {
         Box::pin(async move {
-            let timeout = self.config.request_timeout;
             // A partition just created, or whose leader just moved, has no leader known to
-            // this client yet: asked again shortly.
+            // this client yet: asked again shortly. So is one whose leader this client still
+            // believes in after that broker died (a client that has not produced since learns
+            // late, and ListOffsets does not refresh its metadata): each attempt gets a quarter
+            // of the request timeout, and every attempt after the first fetches the topic's
+            // metadata afresh first.
+            let timeout = (self.config.request_timeout / 4).max(Duration::from_millis(500));
+            let passes = |e: &KafkaError| {
+                leader_unknown(e)
+                    || e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut)
+            };
+            let mut attempt = 0u32;
             let (_low, high) = self
-                .retrying(leader_unknown, || {
+                .retrying(passes, || {
+                    attempt += 1;
+                    let refresh = attempt > 1;
                     let producer = self.producer();
                     let lookup = topic.to_owned();
                     async move {
                         tokio::task::spawn_blocking(move || {
-                            producer
-                                .client()
-                                .fetch_watermarks(&lookup, partition as i32, timeout)
+                            let client = producer.client();
+                            if refresh {
+                                // Best effort: the watermark query says what went wrong.
+                                let _ = client.fetch_metadata(Some(&lookup), timeout);
+                            }
+                            client.fetch_watermarks(&lookup, partition as i32, timeout)
                         })
                         .await
                         .map_err(join_failed)
