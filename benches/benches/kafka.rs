@@ -14,8 +14,9 @@
 //! every transaction carrying the group offsets of its partitions, KIP-447). Also what
 //! acquiring every partition at once costs standalone (wall time, each `acquire_partition`'s
 //! latency, the threads and sockets added), and how long the group takes to assign and
-//! serve them all. Commits are counted by the commit markers: the events topic's end offsets
-//! moved by the events appended plus one marker per transaction that held events.
+//! serve them all. Commit markers are counted: the events topic's end offsets moved by the
+//! events appended plus one marker per partition per transaction that wrote to it (so a
+//! transaction over 12 partitions leaves 12).
 //!
 //! Then activation and handoff on Kafka:
 //! - `activation/tail`: the latency of activating an aggregate with a snapshot plus 99
@@ -414,8 +415,8 @@ struct TxnFacts {
 /// What one mode's commands committed over the whole bench.
 #[derive(Clone, Copy)]
 struct Commits {
-    /// Transactions holding events, and events appended.
-    transactions: u64,
+    /// Commit markers (one per partition a transaction wrote events to), and events appended.
+    markers: u64,
     events: u64,
     /// Partitions that got events.
     partitions_used: usize,
@@ -536,7 +537,7 @@ fn bench_counting_commits(
     let after = rt.block_on(end_offsets(log));
     let moved: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
     Commits {
-        transactions: moved.saturating_sub(events),
+        markers: moved.saturating_sub(events),
         events,
         partitions_used: after.iter().zip(&before).filter(|(a, b)| a > b).count(),
     }
@@ -696,9 +697,9 @@ fn print_txn(results: &Results, facts: &TxnResults, brokers: usize) {
         "idem cmd/s",
         "ratio",
         "txn p50/p99 ms",
-        "commits/s",
-        "commits/s/part",
-        "cmd/txn"
+        "markers/s",
+        "markers/s/part",
+        "cmd/marker"
     );
     for (&partitions, f) in facts.iter() {
         let Some(idem) = results.get(&("idempotent", partitions as usize)) else {
@@ -708,7 +709,7 @@ fn print_txn(results: &Results, facts: &TxnResults, brokers: usize) {
             let Some(txn) = results.get(&(what, partitions as usize)) else {
                 continue;
             };
-            let commits_per_second = commits.transactions as f64 / txn.elapsed.as_secs_f64();
+            let commits_per_second = commits.markers as f64 / txn.elapsed.as_secs_f64();
             let mode = if what == "grouped" {
                 "group-fenced"
             } else {
@@ -723,7 +724,7 @@ fn print_txn(results: &Results, facts: &TxnResults, brokers: usize) {
                 txn.percentile_ms(0.99),
                 commits_per_second,
                 commits_per_second / commits.partitions_used.max(1) as f64,
-                commits.events as f64 / commits.transactions.max(1) as f64,
+                commits.events as f64 / commits.markers.max(1) as f64,
             );
         }
     }
