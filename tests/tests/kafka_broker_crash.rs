@@ -176,6 +176,12 @@ async fn whole_cluster_sigkill_on_three_nodes_loses_and_doubles_nothing() {
     crash_under_load("three-nodes", 3, Fault::WholeCluster, false).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_sigkill_on_three_nodes_in_the_transactional_mode_loses_and_doubles_nothing()
+{
+    crash_under_load("txn-three-nodes", 3, Fault::WholeCluster, true).await;
+}
+
 /// The broker id (= `scripts/broker` node number) leading the most partitions of `topic`.
 async fn busiest_leader(bootstrap: &str, topic: &str) -> u32 {
     let client: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()

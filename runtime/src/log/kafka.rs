@@ -41,9 +41,12 @@
 //!   [`KafkaLog::acquire_partition`] waits until every transaction of the previous owner that
 //!   touched the partition has ended. Without ownership the transactional id is `app_id`,
 //!   and a second log of the same application fences the first when it acquires a
-//!   partition. Fenced appends fail with [`StorageError::Fenced`] — never a success. A
-//!   fenced producer stays fenced for this log until a partition is acquired again; the log
-//!   never re-initialises it by itself, because that would fence the new holder back.
+//!   partition. Fenced appends fail with [`StorageError::Fenced`] — never a success. Without
+//!   ownership a fenced producer stays fenced for this log until a partition is acquired
+//!   again; the log never re-initialises it by itself, because that would fence the new
+//!   holder back. A producer that failed fatally otherwise (seen after a whole-cluster
+//!   restart: `INVALID_TXN_STATE`), and under ownership any failed one, is replaced by a new
+//!   one on the next append: the group, not the producer epoch, fences there.
 //!   [`KafkaLog::release_partition`] gives a partition up (later appends to it fail as
 //!   fenced).
 //! - **Durability and atomicity.** An append (events, or a snapshot) resolves once the

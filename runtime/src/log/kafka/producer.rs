@@ -29,7 +29,7 @@ impl KafkaLog {
     ) -> Result<(), StorageError> {
         let mut producer = txn.producer.write().await;
         if let Some(running) = &*producer
-            && running.fenced().is_none()
+            && !running.stopped()
         {
             return Ok(());
         }
@@ -103,26 +103,35 @@ impl KafkaLog {
             }
         }
         let (reply, committed) = tokio::sync::oneshot::channel();
-        {
+        let mut append = TxnAppend {
+            partition,
+            topic: topic.to_owned(),
+            records,
+            reply,
+        };
+        // A producer that failed (not fenced) is replaced, at most twice for one append.
+        let mut replaced = 0;
+        loop {
             let producer = txn.producer.read().await;
-            let Some(producer) = &*producer else {
+            let Some(running) = &*producer else {
                 return Err(StorageError::Closed(self.describe()));
             };
-            if let Some(detail) = producer.fenced() {
+            if let Some(detail) = running.fenced() {
                 return Err(fenced(detail));
             }
-            let append = TxnAppend {
-                partition,
-                topic: topic.to_owned(),
-                records,
-                reply,
-            };
-            if producer.send(append).is_err() {
-                return Err(match producer.fenced() {
-                    Some(detail) => fenced(detail),
-                    None => StorageError::Closed(self.describe()),
-                });
+            if !running.stopped() {
+                match running.send(append) {
+                    Ok(()) => break,
+                    // It stopped meanwhile.
+                    Err(refused) => append = refused,
+                }
             }
+            drop(producer);
+            if replaced == 2 {
+                return Err(StorageError::Closed(self.describe()));
+            }
+            replaced += 1;
+            self.ensure_producer(txn, partition).await?;
         }
         committed
             .await

@@ -153,8 +153,18 @@ pub(super) struct TxnSettings {
 pub(super) struct TxnProducer {
     sender: mpsc::Sender<Message>,
     thread: JoinHandle<()>,
-    /// Set by the thread when it was fenced (and has stopped): why.
-    fenced: Arc<Mutex<Option<String>>>,
+    /// Set by the thread when it stopped: why.
+    stopped: Arc<Mutex<Option<Stopped>>>,
+}
+
+/// Why the producer thread stopped.
+#[derive(Clone)]
+struct Stopped {
+    detail: String,
+    /// Fenced by a newer producer with its transactional id (a log without ownership), as
+    /// opposed to failed (fatally, but no other producer took over), which a new producer
+    /// mends.
+    fenced: bool,
 }
 
 impl TxnProducer {
@@ -175,21 +185,21 @@ impl TxnProducer {
         producer
             .init_transactions(settings.timeout)
             .map_err(|e| match classify(&e) {
-                Failure::Fenced => StorageError::Fenced {
+                Failure::Fenced if !settings.grouped => StorageError::Fenced {
                     partition: 0,
                     detail: format!("{context}: {e}"),
                 },
                 _ => StorageError::io(context.clone(), e),
             })?;
         let (sender, receiver) = mpsc::channel();
-        let fenced = Arc::new(Mutex::new(None));
+        let stopped = Arc::new(Mutex::new(None));
         let thread = {
-            let fenced = fenced.clone();
+            let stopped = stopped.clone();
             let worker = Worker {
                 producer,
                 settings,
                 shared,
-                fenced,
+                stopped,
             };
             std::thread::Builder::new()
                 .name("keel-txn".into())
@@ -199,7 +209,7 @@ impl TxnProducer {
         Ok(TxnProducer {
             sender,
             thread,
-            fenced,
+            stopped,
         })
     }
 
@@ -222,9 +232,19 @@ impl TxnProducer {
         answered
     }
 
-    /// Why the producer was fenced, once it was.
+    /// Why the producer was fenced, once it was: a newer producer with its transactional id
+    /// took over (only without partition ownership; with it, the group fences).
     pub(super) fn fenced(&self) -> Option<String> {
-        lock(&self.fenced).clone()
+        lock(&self.stopped)
+            .as_ref()
+            .filter(|s| s.fenced)
+            .map(|s| s.detail.clone())
+    }
+
+    /// Whether the producer has stopped, fenced or failed; a failed one is replaced by a new
+    /// one (with the same transactional id) on the next append.
+    pub(super) fn stopped(&self) -> bool {
+        lock(&self.stopped).is_some()
     }
 
     /// Stops taking appends; the open transaction (if any) still commits and is answered.
@@ -237,8 +257,12 @@ impl TxnProducer {
 
 /// What went wrong with a transactional call.
 enum Failure {
-    /// Another producer with the same transactional id took over; this one is done.
+    /// Another producer with the same transactional id took over, or the coordinator bumped
+    /// the producer's epoch; this producer is done.
     Fenced,
+    /// The producer failed fatally for another reason (seen after the whole cluster
+    /// restarted: `INVALID_TXN_STATE`); this producer is done, but no other took over.
+    Broken,
     /// The transaction failed and must be aborted; the producer can go on.
     Abortable,
     /// Retrying the same call may succeed.
@@ -247,8 +271,11 @@ enum Failure {
 
 fn classify(e: &KafkaError) -> Failure {
     if let KafkaError::Transaction(txn) = e {
-        if txn.is_fatal() || fencing_code(txn.code()) {
+        if fencing_code(txn.code()) {
             return Failure::Fenced;
+        }
+        if txn.is_fatal() {
+            return Failure::Broken;
         }
         if txn.is_retriable() && !txn.txn_requires_abort() {
             return Failure::Retriable;
@@ -287,8 +314,8 @@ struct Pending {
 
 /// Why a transaction could not begin.
 enum NotBegun {
-    /// The producer is fenced: this detail.
-    Fenced(String),
+    /// The producer is done (fenced or broken): this detail.
+    Stopped(Failure, String),
     /// The first append's partition is no longer held, or the group kept refusing: this error.
     Refused(StorageError),
 }
@@ -298,7 +325,7 @@ struct Worker {
     producer: FutureProducer,
     settings: TxnSettings,
     shared: Arc<TxnShared>,
-    fenced: Arc<Mutex<Option<String>>>,
+    stopped: Arc<Mutex<Option<Stopped>>>,
 }
 
 impl Worker {
@@ -329,8 +356,13 @@ impl Worker {
                     let _ = first.reply.send(Err(error));
                     continue;
                 }
-                Err(NotBegun::Fenced(detail)) => {
-                    self.fence(detail, vec![(first.partition, first.reply)], &receiver);
+                Err(NotBegun::Stopped(kind, detail)) => {
+                    self.stop(
+                        &kind,
+                        detail,
+                        vec![(first.partition, first.reply)],
+                        &receiver,
+                    );
                     break;
                 }
             }
@@ -398,7 +430,7 @@ impl Worker {
             if let Err(e) = self.producer.begin_transaction() {
                 let detail = format!("{}: {e}", self.at("beginning a transaction"));
                 return Err(match classify(&e) {
-                    Failure::Fenced => NotBegun::Fenced(detail),
+                    kind @ (Failure::Fenced | Failure::Broken) => NotBegun::Stopped(kind, detail),
                     _ => NotBegun::Refused(StorageError::io(self.at("beginning a transaction"), e)),
                 });
             }
@@ -412,13 +444,15 @@ impl Worker {
                     covered.extend(partitions);
                     return Ok(());
                 }
-                Err((Failure::Fenced, detail)) => return Err(NotBegun::Fenced(detail)),
+                Err((kind @ (Failure::Fenced | Failure::Broken), detail)) => {
+                    return Err(NotBegun::Stopped(kind, detail));
+                }
                 Err((_, detail)) => detail,
             };
             if let Err(e) = self.producer.abort_transaction(self.settings.timeout) {
                 let detail = format!("{}: {e}", self.at("aborting an empty transaction"));
-                if let Failure::Fenced = classify(&e) {
-                    return Err(NotBegun::Fenced(detail));
+                if let kind @ (Failure::Fenced | Failure::Broken) = classify(&e) {
+                    return Err(NotBegun::Stopped(kind, detail));
                 }
                 tracing::warn!(detail, "kafka transaction abort failed");
             }
@@ -582,8 +616,13 @@ impl Worker {
                 .map(|p| (p.partition, p.reply))
                 .collect::<Vec<_>>()
         };
-        if fenced_delivery || matches!(kind, Failure::Fenced) {
-            self.fence(detail, replies(), receiver);
+        let kind = if fenced_delivery {
+            Failure::Fenced
+        } else {
+            kind
+        };
+        if matches!(kind, Failure::Fenced | Failure::Broken) {
+            self.stop(&kind, detail, replies(), receiver);
             return true;
         }
         tracing::warn!(detail, "kafka transaction failed; aborting it");
@@ -595,16 +634,13 @@ impl Worker {
         for (_, reply) in replies() {
             let _ = reply.send(Err(error.clone()));
         }
-        match aborted {
-            Err(e) if matches!(classify(&e), Failure::Fenced) => {
-                self.fence(
-                    format!("{}: {e}", self.at("aborting a transaction")),
-                    Vec::new(),
-                    receiver,
-                );
+        match aborted.map_err(|e| (classify(&e), e)) {
+            Err((kind @ (Failure::Fenced | Failure::Broken), e)) => {
+                let detail = format!("{}: {e}", self.at("aborting a transaction"));
+                self.stop(&kind, detail, Vec::new(), receiver);
                 true
             }
-            Err(e) => {
+            Err((_, e)) => {
                 tracing::warn!(error = %e, "kafka transaction abort failed");
                 false
             }
@@ -612,21 +648,45 @@ impl Worker {
         }
     }
 
-    /// The producer is fenced: records why, and fails `replies` and every append queued.
-    fn fence(
+    /// The producer is done: records why, and fails `replies` and every append queued. A
+    /// fencing is final without partition ownership (another log took the transactional id
+    /// over); with ownership the group fences, and the log starts a new producer on the next
+    /// append, as it does after any other fatal failure.
+    fn stop(
         &self,
+        kind: &Failure,
         detail: String,
         replies: Vec<(u32, Reply)>,
         receiver: &mpsc::Receiver<Message>,
     ) {
-        tracing::error!(
-            detail,
-            "kafka producer fenced: another instance owns its partitions now"
-        );
-        *lock(&self.fenced) = Some(detail.clone());
-        let error = |partition| StorageError::Fenced {
-            partition,
+        let fenced = matches!(kind, Failure::Fenced) && !self.settings.grouped;
+        if fenced {
+            tracing::error!(
+                detail,
+                "kafka producer fenced: another instance owns its partitions now"
+            );
+        } else {
+            tracing::warn!(
+                detail,
+                "kafka transactional producer failed; the next append starts a new one"
+            );
+        }
+        *lock(&self.stopped) = Some(Stopped {
             detail: detail.clone(),
+            fenced,
+        });
+        let error = |partition| {
+            if fenced {
+                StorageError::Fenced {
+                    partition,
+                    detail: detail.clone(),
+                }
+            } else {
+                StorageError::io(
+                    self.at(&format!("appending to partition {partition}")),
+                    std::io::Error::other(detail.clone()),
+                )
+            }
         };
         for (partition, reply) in replies {
             let _ = reply.send(Err(error(partition)));
