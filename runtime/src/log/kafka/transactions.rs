@@ -370,13 +370,15 @@ impl Worker {
             let mut pending = Vec::new();
             let mut barriers = Vec::new();
             self.produce(first, &mut covered, &mut pending, &mut failure);
-            let deadline = started + self.settings.commit_interval;
+            // Appends arriving within the commit interval of the first one join the
+            // transaction. So does what queued up while it began (under ownership its offsets
+            // take a round trip or more, waiting for the previous commit to complete), taken
+            // as it is queued for another interval at most.
+            let deadline = (started + self.settings.commit_interval).max(Instant::now());
+            let drained_by = deadline + self.settings.commit_interval;
             while barriers.is_empty() {
-                // What queued up while the transaction began (under ownership its offsets
-                // take a round trip or two) joins it even after the deadline, for another
-                // interval at most.
                 let now = Instant::now();
-                if now >= deadline + self.settings.commit_interval {
+                if now >= drained_by {
                     break;
                 }
                 let received = if now >= deadline {
