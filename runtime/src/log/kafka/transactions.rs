@@ -431,9 +431,13 @@ impl Worker {
         loop {
             if let Err(e) = self.producer.begin_transaction() {
                 let detail = format!("{}: {e}", self.at("beginning a transaction"));
+                // `begin_transaction` is a local call: it fails only when the producer is in
+                // a state it cannot leave by itself (seen: a commit that timed out while the
+                // whole cluster was down stays "in progress" for good). A new producer mends
+                // that, unless this one was fenced.
                 return Err(match classify(&e) {
-                    kind @ (Failure::Fenced | Failure::Broken) => NotBegun::Stopped(kind, detail),
-                    _ => NotBegun::Refused(StorageError::io(self.at("beginning a transaction"), e)),
+                    Failure::Fenced => NotBegun::Stopped(Failure::Fenced, detail),
+                    _ => NotBegun::Stopped(Failure::Broken, detail),
                 });
             }
             if !self.settings.grouped {
@@ -453,10 +457,12 @@ impl Worker {
             };
             if let Err(e) = self.producer.abort_transaction(self.settings.timeout) {
                 let detail = format!("{}: {e}", self.at("aborting an empty transaction"));
-                if let kind @ (Failure::Fenced | Failure::Broken) = classify(&e) {
-                    return Err(NotBegun::Stopped(kind, detail));
-                }
-                tracing::warn!(detail, "kafka transaction abort failed");
+                // A producer that cannot abort is in a state it cannot leave by itself.
+                let kind = match classify(&e) {
+                    Failure::Fenced => Failure::Fenced,
+                    _ => Failure::Broken,
+                };
+                return Err(NotBegun::Stopped(kind, detail));
             }
             if self.shared.holding(partition) == Holding::Released {
                 return Err(NotBegun::Refused(StorageError::Fenced {
@@ -636,15 +642,17 @@ impl Worker {
         for (_, reply) in replies() {
             let _ = reply.send(Err(error.clone()));
         }
-        match aborted.map_err(|e| (classify(&e), e)) {
-            Err((kind @ (Failure::Fenced | Failure::Broken), e)) => {
+        match aborted {
+            // A producer that cannot abort (a commit that timed out is still "in progress")
+            // is in a state it cannot leave by itself: a new one takes over, unless fenced.
+            Err(e) => {
+                let kind = match classify(&e) {
+                    Failure::Fenced => Failure::Fenced,
+                    _ => Failure::Broken,
+                };
                 let detail = format!("{}: {e}", self.at("aborting a transaction"));
                 self.stop(&kind, detail, Vec::new(), receiver);
                 true
-            }
-            Err((_, e)) => {
-                tracing::warn!(error = %e, "kafka transaction abort failed");
-                false
             }
             Ok(()) => false,
         }
