@@ -26,24 +26,18 @@ fn tokio() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Runs `iters` operations spread over `n` tasks, each driving its own target `i`.
-async fn spread<F, Fut>(n: usize, iters: u64, op: F) -> Duration
+/// Runs `iters` operations spread over `n` tasks, each driving its own target `i`: task `i`
+/// runs `task(i, count)`, which performs `count` operations. Whatever a task needs (a handle,
+/// an actor reference) is cloned once per task, not per operation, on both sides of a
+/// comparison.
+async fn spread<F, Fut>(n: usize, iters: u64, task: F) -> Duration
 where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    F: Fn(usize, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let per_task = iters.div_ceil(n as u64);
     let start = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                for _ in 0..per_task {
-                    op(i).await;
-                }
-            })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(task(i, per_task))).collect();
     for t in tasks {
         t.await.expect("bench task");
     }
@@ -86,11 +80,13 @@ fn bench_keel(c: &mut Criterion) {
                 b.to_async(&rt).iter_custom(|iters| {
                     let handle = handle.clone();
                     let ids = ids.clone();
-                    spread(n, iters, move |i| {
+                    spread(n, iters, move |i, count| {
                         let handle = handle.clone();
-                        let ids = ids.clone();
+                        let id = ids[i].clone();
                         async move {
-                            handle.send(&ids[i], ()).await.expect("command");
+                            for _ in 0..count {
+                                handle.send(&id, ()).await.expect("command");
+                            }
                         }
                     })
                 })
@@ -143,10 +139,12 @@ fn bench_baselines(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("ractor_ask", n), &n, |b, &n| {
             b.to_async(&rt).iter_custom(|iters| {
                 let actors = actors.clone();
-                spread(n, iters, move |i| {
+                spread(n, iters, move |i, count| {
                     let actor = actors[i].clone();
                     async move {
-                        actor.call(|reply| reply, None).await.expect("ask");
+                        for _ in 0..count {
+                            actor.call(|reply| reply, None).await.expect("ask");
+                        }
                     }
                 })
             })
@@ -162,15 +160,19 @@ fn bench_baselines(c: &mut Criterion) {
             b.to_async(&rt).iter_custom(|iters| {
                 let log = log.clone();
                 let value = value.clone();
-                spread(n, iters, move |i| {
+                spread(n, iters, move |i, count| {
                     let log = log.clone();
-                    let record = LogRecord {
-                        key: format!("Counter/c{i}"),
-                        value: value.clone(),
-                    };
+                    let key = format!("Counter/c{i}");
+                    let value = value.clone();
                     async move {
-                        let partition = keel::log::partition_for(&record.key, 8);
-                        log.append(partition, vec![record]).await.expect("append");
+                        let partition = keel::log::partition_for(&key, 8);
+                        for _ in 0..count {
+                            let record = LogRecord {
+                                key: key.clone(),
+                                value: value.clone(),
+                            };
+                            log.append(partition, vec![record]).await.expect("append");
+                        }
                     }
                 })
             })

@@ -92,7 +92,6 @@ impl EventEnvelope {
 /// An [`EventEnvelope`] that borrows its fields, so the command path encodes a new event without
 /// copying the aggregate's type, id and command id or the payload. It encodes to the same bytes
 /// as the owned envelope with the same fields.
-#[derive(Serialize)]
 pub(crate) struct EventEnvelopeRef<'a> {
     pub(crate) aggregate_type: &'a str,
     pub(crate) aggregate_id: &'a str,
@@ -101,7 +100,6 @@ pub(crate) struct EventEnvelopeRef<'a> {
     pub(crate) event_version: u32,
     pub(crate) command_id: Option<&'a str>,
     pub(crate) timestamp_ms: i64,
-    #[serde(with = "serde_bytes")]
     pub(crate) payload: &'a [u8],
 }
 
@@ -118,8 +116,31 @@ impl EventEnvelopeRef<'_> {
                 + self.command_id.map_or(0, str::len)
                 + self.payload.len(),
         );
-        // Serializing strings, integers and bytes into a Vec cannot fail.
-        let _ = rmp_serde::encode::write_named(&mut out, self);
+        // Written field by field with `rmp`, the very calls rmp-serde makes for this struct
+        // (a map of named fields, integers in their most compact form), without the serde
+        // machinery in between: this runs for every event a command causes. Writing into a
+        // Vec cannot fail.
+        use rmp::encode as w;
+        let _ = w::write_map_len(&mut out, 8);
+        let _ = w::write_str(&mut out, "aggregate_type");
+        let _ = w::write_str(&mut out, self.aggregate_type);
+        let _ = w::write_str(&mut out, "aggregate_id");
+        let _ = w::write_str(&mut out, self.aggregate_id);
+        let _ = w::write_str(&mut out, "seq");
+        let _ = w::write_uint(&mut out, self.seq);
+        let _ = w::write_str(&mut out, "event_type");
+        let _ = w::write_str(&mut out, self.event_type);
+        let _ = w::write_str(&mut out, "event_version");
+        let _ = w::write_uint(&mut out, u64::from(self.event_version));
+        let _ = w::write_str(&mut out, "command_id");
+        let _ = match self.command_id {
+            Some(id) => w::write_str(&mut out, id).is_ok(),
+            None => w::write_nil(&mut out).is_ok(),
+        };
+        let _ = w::write_str(&mut out, "timestamp_ms");
+        let _ = w::write_sint(&mut out, self.timestamp_ms);
+        let _ = w::write_str(&mut out, "payload");
+        let _ = w::write_bin(&mut out, self.payload);
         out
     }
 }
@@ -257,16 +278,46 @@ mod tests {
 
     #[test]
     fn a_borrowed_envelope_encodes_to_the_owned_envelopes_bytes() {
-        for (command_id, payload) in [
-            (None, vec![0xc0]),
-            (Some("cmd-1"), vec![7; 300]),
-            (Some(""), vec![1; 70_000]),
-        ] {
+        // Every width of every integer and string marker, on both sides of each boundary.
+        let long_type = "T".repeat(300);
+        let cases: [(Option<&str>, Vec<u8>, u64, i64, u32, &str); 9] = [
+            (None, vec![0xc0], u64::MAX, -5, 3, "Renamed"),
+            (Some("cmd-1"), vec![7; 300], 0, 0, 0, "R"),
+            (Some(""), vec![1; 70_000], 127, 127, 127, ""),
+            (
+                Some(&long_type[..31]),
+                vec![],
+                128,
+                128,
+                128,
+                &long_type[..32],
+            ),
+            (
+                Some(&long_type[..255]),
+                vec![2; 255],
+                255,
+                -32,
+                255,
+                &long_type[..256],
+            ),
+            (Some(&long_type[..256]), vec![3; 256], 256, -33, 256, "x"),
+            (None, vec![4; 65_535], 65_535, -128, 65_535, "y"),
+            (None, vec![5; 65_536], 65_536, -129, 65_536, "z"),
+            (
+                None,
+                vec![6],
+                u64::from(u32::MAX) + 1,
+                i64::MIN,
+                u32::MAX,
+                "w",
+            ),
+        ];
+        for (command_id, payload, seq, timestamp_ms, event_version, event_type) in cases {
             let owned = EventEnvelope {
                 command_id: command_id.map(str::to_owned),
-                seq: u64::MAX,
-                timestamp_ms: -5,
-                ..envelope("Renamed", 3, payload.clone())
+                seq,
+                timestamp_ms,
+                ..envelope(event_type, event_version, payload.clone())
             };
             let borrowed = EventEnvelopeRef {
                 aggregate_type: &owned.aggregate_type,
@@ -278,7 +329,28 @@ mod tests {
                 timestamp_ms: owned.timestamp_ms,
                 payload: &payload,
             };
-            assert_eq!(borrowed.encode(), owned.encode());
+            assert_eq!(
+                borrowed.encode(),
+                owned.encode(),
+                "seq {seq}, ts {timestamp_ms}"
+            );
+        }
+        for timestamp_ms in [1_800_000_000_000, i64::MAX, -1, 32_767, 32_768, -32_769] {
+            let owned = EventEnvelope {
+                timestamp_ms,
+                ..envelope("Renamed", 1, vec![1])
+            };
+            let borrowed = EventEnvelopeRef {
+                aggregate_type: &owned.aggregate_type,
+                aggregate_id: &owned.aggregate_id,
+                seq: owned.seq,
+                event_type: &owned.event_type,
+                event_version: owned.event_version,
+                command_id: None,
+                timestamp_ms,
+                payload: &owned.payload,
+            };
+            assert_eq!(borrowed.encode(), owned.encode(), "ts {timestamp_ms}");
         }
     }
 

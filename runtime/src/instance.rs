@@ -232,15 +232,19 @@ fn wait_for_more<A: Aggregate>(
 
 /// Runs the buffered commands as one batch and answers each caller.
 async fn flush<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, state: &mut AggregateState<A>) {
-    if state.pending.is_empty() {
+    let AggregateState {
+        args,
+        phase,
+        pending,
+        ..
+    } = state;
+    if pending.is_empty() {
         return;
     }
-    let pending = std::mem::take(&mut state.pending);
-    let args = &state.args;
-    let live = match &mut state.phase {
+    let live = match phase {
         Phase::Live(live) => live,
         Phase::Failed(failure) => {
-            for p in pending {
+            for p in pending.drain(..) {
                 let _ = p.reply.send(Err(failure.to_error(&args.key)));
             }
             return;
@@ -248,7 +252,7 @@ async fn flush<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, state: &mut Agg
         // Draining after a failure: these commands were never applied; they fail with a
         // retryable error and the next attempt activates afresh.
         Phase::Poisoned | Phase::Unloaded => {
-            for p in pending {
+            for p in pending.drain(..) {
                 let _ = p.reply.send(Err(restarting(&args.key)));
             }
             return;
@@ -260,12 +264,12 @@ async fn flush<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, state: &mut Agg
         id = %short(&args.id),
         count = pending.len(),
     );
+    // Drained, not taken: the buffer keeps its room for the next batch.
     let mut answers = Vec::with_capacity(pending.len());
-    let mut batch = Vec::with_capacity(pending.len());
-    for p in pending {
+    let batch = pending.drain(..).map(|p| {
         answers.push((p.reply, p._permit));
-        batch.push((p.command, p.command_id));
-    }
+        (p.command, p.command_id)
+    });
     let outcomes = execute_batch(live, args, batch).instrument(span).await;
     let mut poisoned = live.broken;
     for outcome in &outcomes {

@@ -65,6 +65,43 @@ impl TailBudget {
     }
 }
 
+/// An append in flight (see [`PartitionState::begin_append`]).
+pub(crate) struct InFlightAppend<'a> {
+    partition: &'a PartitionState,
+    key: &'a str,
+    floor: Offset,
+    done: bool,
+}
+
+impl InFlightAppend<'_> {
+    /// The append is durable at `offsets`: record them, in the same critical section that
+    /// releases the floor, and keep their `values` (one per offset, or none when the tail is
+    /// off) in the tail.
+    pub(crate) fn commit(mut self, offsets: std::ops::Range<Offset>, values: Vec<Arc<[u8]>>) {
+        self.done = true;
+        let budget = &self.partition.budget;
+        let mut index = self.partition.lock();
+        index.end_append(self.floor);
+        for (offset, value) in offsets.clone().zip(values) {
+            index.cache(budget, offset, value);
+        }
+        index.record(self.key, offsets);
+    }
+}
+
+impl Drop for InFlightAppend<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut index = self.partition.lock();
+        index.end_append(self.floor);
+        let floor = self.floor;
+        let entry = index.uncertain.entry(self.key.to_owned()).or_insert(floor);
+        *entry = (*entry).min(floor);
+    }
+}
+
 /// Shared by a shard and its aggregate actors. A std `Mutex`, not a tokio one: it guards
 /// a few map operations and is never held across an `.await`.
 pub(crate) struct PartitionState {
@@ -90,6 +127,8 @@ struct RecoveryIndex {
     /// broker restart): the failed records, if written, are at or above this offset. The
     /// next activation of such a key scans from there before replaying.
     uncertain: HashMap<String, Offset>,
+    /// Appends in flight, counted by the end offset known when each began (its floor).
+    in_flight: BTreeMap<Offset, usize>,
     /// The values of uncovered events, by offset (the tail).
     tail: BTreeMap<Offset, Arc<[u8]>>,
     /// The bytes `tail` is charged against the budget.
@@ -101,6 +140,16 @@ fn tail_cost(value: &[u8]) -> usize {
 }
 
 impl RecoveryIndex {
+    /// One append begun at `floor` has ended.
+    fn end_append(&mut self, floor: Offset) {
+        if let Some(count) = self.in_flight.get_mut(&floor) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_flight.remove(&floor);
+            }
+        }
+    }
+
     /// Keeps `value`, the event at `offset`, in the tail; evicts the lowest offsets of this
     /// tail while the runtime's tails are over budget (the new entry too, when this tail has
     /// nothing else left to give).
@@ -166,6 +215,7 @@ impl PartitionState {
                 uncovered: UncoveredIndex::default(),
                 end,
                 uncertain: HashMap::new(),
+                in_flight: BTreeMap::new(),
                 tail: BTreeMap::new(),
                 tail_bytes: 0,
             }),
@@ -244,31 +294,21 @@ impl PartitionState {
     }
 
     /// An append of `key` starts: whatever it writes lands at or above the end known now.
-    /// Until [`commit_append`](Self::commit_append) the key is uncertain from there, so the
-    /// checkpoint cannot pass the records in flight; if the append fails, it stays uncertain
-    /// and the next activation scans for them.
-    pub(crate) fn begin_append(&self, key: &str) {
+    /// Until the returned guard is committed ([`InFlightAppend::commit`]), the checkpoint
+    /// cannot pass that floor, so it never passes records in flight. If the append fails, or
+    /// is dropped unfinished, the key stays uncertain from the floor until its next
+    /// activation has scanned for the records. Counted per floor, not kept per key: an
+    /// append that succeeds allocates nothing here.
+    pub(crate) fn begin_append<'a>(&'a self, key: &'a str) -> InFlightAppend<'a> {
         let mut index = self.lock();
         let floor = index.end;
-        let entry = index.uncertain.entry(key.to_owned()).or_insert(floor);
-        *entry = (*entry).min(floor);
-    }
-
-    /// The append of `key` begun last is durable at `offsets`: record them, in the same
-    /// critical section that clears the uncertainty, and keep their `values` (one per
-    /// offset, or none when the tail is off) in the tail.
-    pub(crate) fn commit_append(
-        &self,
-        key: &str,
-        offsets: std::ops::Range<Offset>,
-        values: Vec<Arc<[u8]>>,
-    ) {
-        let mut index = self.lock();
-        index.uncertain.remove(key);
-        for (offset, value) in offsets.clone().zip(values) {
-            index.cache(&self.budget, offset, value);
+        *index.in_flight.entry(floor).or_default() += 1;
+        InFlightAppend {
+            partition: self,
+            key,
+            floor,
+            done: false,
         }
-        index.record(key, offsets);
     }
 
     /// Where to scan from for `key`'s records of failed appends, if it has any.
@@ -312,6 +352,7 @@ impl PartitionState {
             .lowest()
             .into_iter()
             .chain(index.uncertain.values().copied())
+            .chain(index.in_flight.keys().next().copied())
             .min()
             .unwrap_or(index.end)
     }

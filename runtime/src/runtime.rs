@@ -551,7 +551,7 @@ impl RuntimeBuilder {
             partitions,
             in_flight: Arc::new(AtomicUsize::new(0)),
             activations: Semaphore::new(self.config.max_concurrent_activations),
-            registry: DashMap::new(),
+            registry: DashMap::with_hasher(Default::default()),
             shards: DashMap::new(),
             retiring: DashMap::new(),
             handover: std::sync::Mutex::new(()),

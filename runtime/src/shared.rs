@@ -13,11 +13,10 @@ use ractor::{ActorCell, ActorId, ActorRef, SpawnErr};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::RuntimeConfig;
-use crate::log::LogBackend;
+use crate::log::{KeyHasher, LogBackend};
 use crate::metrics as m;
 use crate::partition::{PartitionState, TailBudget};
 
-/// State shared by the runtime, its shards, its actors and its handles.
 /// Membership in whatever decides partition ownership (the Kafka consumer group): the runtime
 /// only ever leaves it.
 pub(crate) trait GroupMembership: Send {
@@ -34,7 +33,7 @@ pub(crate) struct Shared {
     pub(crate) config: RuntimeConfig,
     pub(crate) partitions: u32,
     /// Live aggregate actors by key: the command path's lock-free lookup.
-    pub(crate) registry: DashMap<String, Arc<LiveEntry>>,
+    pub(crate) registry: DashMap<String, Arc<LiveEntry>, KeyHasher>,
     /// The shard of every partition this instance owns.
     pub(crate) shards: DashMap<u32, ActorRef<ShardMsg>>,
     /// Shards taken out of `shards` (revoked, lost, aborted) that have not stopped yet.

@@ -94,7 +94,7 @@ struct Decided<A: Aggregate> {
 pub(super) async fn execute_batch<A: Aggregate>(
     live: &mut Live<A>,
     args: &AggregateArgs,
-    batch: Vec<(A::Command, Option<String>)>,
+    batch: impl ExactSizeIterator<Item = (A::Command, Option<String>)>,
 ) -> Vec<Outcome<A>> {
     let timestamp_ms = now_ms();
     let Decided {
@@ -251,7 +251,7 @@ fn position(args: &AggregateArgs, first: Offset, records: &Range<usize>) -> Posi
 async fn decide_all<A: Aggregate>(
     live: &mut Live<A>,
     args: &AggregateArgs,
-    batch: Vec<(A::Command, Option<String>)>,
+    batch: impl ExactSizeIterator<Item = (A::Command, Option<String>)>,
     timestamp_ms: i64,
 ) -> Decided<A> {
     let key = &args.key;
@@ -409,14 +409,13 @@ async fn append<A: Aggregate>(
     } else {
         Vec::new()
     };
-    // Until the append is recorded, the key is "uncertain" from the end known now: the
-    // checkpoint cannot pass the records while they are in flight, and if the append fails
-    // (it may still have been written: a lost acknowledgement), the next activation scans for
-    // them, so a retry with the same command id finds them.
-    args.partition.begin_append(key);
+    // Until the append is recorded, the checkpoint cannot pass the end known now. If the
+    // append fails (it may still have been written: a lost acknowledgement), the key stays
+    // uncertain from there and its next activation scans for the records, so a retry with
+    // the same command id finds them.
+    let in_flight = args.partition.begin_append(key);
     let first = args.shared.backend.append(partition, records).await?;
-    args.partition
-        .commit_append(key, first..first + count, tail_values);
+    in_flight.commit(first..first + count, tail_values);
     live.unsnapshotted += count;
     live.last_offset = Some(first + count - 1);
     Ok(first)

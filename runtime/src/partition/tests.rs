@@ -55,9 +55,11 @@ fn an_uncertain_append_holds_the_checkpoint_until_resolved() {
     let p = PartitionState::new(0, 0, budget());
     p.record("A/1", [0, 1]);
     p.covered("A/1", 1);
-    p.begin_append("A/2");
+    let append = p.begin_append("A/2");
     p.record("A/3", [3]);
     p.covered("A/3", 3);
+    assert_eq!(p.checkpoint(), 2);
+    drop(append); // failed
     assert_eq!(p.checkpoint(), 2);
     p.record_found("A/2", vec![(2, vec![2])]);
     p.record_found("A/2", vec![(2, vec![2])]);
@@ -74,7 +76,8 @@ fn the_tail_keeps_uncovered_values_and_forgets_covered_ones() {
     let p = PartitionState::new(0, 0, budget.clone());
     p.record_value("A/1", 0, vec![0; 10]);
     p.record_value("A/2", 1, vec![1; 10]);
-    p.commit_append("A/1", 2..4, vec![vec![2; 10].into(), vec![3; 10].into()]);
+    p.begin_append("A/1")
+        .commit(2..4, vec![vec![2; 10].into(), vec![3; 10].into()]);
     assert_eq!(p.tail_len(), 4);
     assert_eq!(budget.used(), 4 * (10 + TAIL_ENTRY_OVERHEAD));
     let values = p.tail_values(&[0, 2, 3, 9]);

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::log::Offset;
+use crate::log::{KeyHasher, Offset};
 
 /// The most offsets one key lists before it keeps only their span.
 pub(crate) const EXACT_PER_KEY: usize = 1024;
@@ -56,7 +56,7 @@ pub(crate) enum Replay {
 
 #[derive(Debug, Default)]
 pub(crate) struct UncoveredIndex {
-    keys: HashMap<Arc<str>, Events>,
+    keys: HashMap<Arc<str>, Events, KeyHasher>,
     /// Every key by its first uncovered event (offsets are unique per record, so no two keys
     /// share one).
     by_first: BTreeMap<Offset, Arc<str>>,
