@@ -280,7 +280,9 @@ mod tests {
     fn a_borrowed_envelope_encodes_to_the_owned_envelopes_bytes() {
         // Every width of every integer and string marker, on both sides of each boundary.
         let long_type = "T".repeat(300);
-        let cases: [(Option<&str>, Vec<u8>, u64, i64, u32, &str); 9] = [
+        // (command id, payload, seq, timestamp, event version, event type)
+        type Case<'a> = (Option<&'a str>, Vec<u8>, u64, i64, u32, &'a str);
+        let cases: [Case; 9] = [
             (None, vec![0xc0], u64::MAX, -5, 3, "Renamed"),
             (Some("cmd-1"), vec![7; 300], 0, 0, 0, "R"),
             (Some(""), vec![1; 70_000], 127, 127, 127, ""),
