@@ -46,6 +46,12 @@ pub struct RuntimeConfig {
     /// When to snapshot. Default = [`SnapshotPolicy::default`].
     pub snapshots: SnapshotPolicy,
     /// The default timeout of a command, from send to reply. Default = 30 s.
+    ///
+    /// A command still queued at its deadline is answered `Timeout` and never runs; one
+    /// already running is answered `Timeout` and may still commit. Timeouts of at least 16
+    /// maintenance ticks (16 s at the defaults) are enforced by the shard's tick, so they
+    /// can be answered up to one tick late and cost no timer per command; shorter ones are
+    /// also timed in the caller and answered on time.
     pub command_timeout: Duration,
     /// Each aggregate remembers at least its last this many command ids for deduplication.
     /// Default = 128.

@@ -11,11 +11,14 @@ use tokio::time::Instant;
 
 use crate::aggregate::Aggregate;
 use crate::error::{CommandError, short};
-use crate::instance::{AggregateActor, AggregateArgs, AggregateMsg, Committed, QueryFn, Reply};
+use crate::instance::{
+    AggregateActor, AggregateArgs, AggregateMsg, Committed, Deadline, Inbox, QueryFn, Queued,
+    Refused, WATCHED_TICKS,
+};
 use crate::log::{aggregate_key, partition_for};
 use crate::metrics::{self as m, CommandMetrics};
 use crate::shared::{
-    ActivateError, AggregateType, InFlightPermit, LiveEntry, ShardMsg, Shared, Spawner,
+    ActivateError, AggregateType, InFlightPermit, LiveEntry, Mailbox, ShardMsg, Shared, Spawner,
 };
 use crate::upcast::Upcasters;
 
@@ -64,58 +67,16 @@ impl<A: Aggregate> Clone for AggregateHandle<A> {
     }
 }
 
-/// A command or query on its way to an actor; taken back out of a message the actor's
-/// closed mailbox refused.
-enum Request<A: Aggregate> {
-    Command {
-        command: A::Command,
-        command_id: Option<String>,
-        reply: Reply<A>,
-    },
-    Query(QueryFn<A>),
+/// What offering a request to one live actor came to.
+enum Offer<T, E: std::error::Error + 'static> {
+    Delivered,
+    /// The actor is draining: route the request again.
+    Retry(T),
+    Failed(CommandError<E>),
 }
 
-impl<A: Aggregate> Request<A> {
-    fn into_message(self, permit: InFlightPermit) -> AggregateMsg<A> {
-        match self {
-            Request::Command {
-                command,
-                command_id,
-                reply,
-            } => AggregateMsg::Command {
-                command,
-                command_id,
-                reply,
-                _permit: permit,
-            },
-            Request::Query(query) => AggregateMsg::Query {
-                query,
-                _permit: permit,
-            },
-        }
-    }
-
-    fn from_message(message: AggregateMsg<A>) -> (Self, InFlightPermit) {
-        match message {
-            AggregateMsg::Command {
-                command,
-                command_id,
-                reply,
-                _permit,
-            } => (
-                Request::Command {
-                    command,
-                    command_id,
-                    reply,
-                },
-                _permit,
-            ),
-            AggregateMsg::Query { query, _permit } => (Request::Query(query), _permit),
-            AggregateMsg::Compact | AggregateMsg::Flush => {
-                unreachable!("only shards and the actor itself send these, never a handle")
-            }
-        }
-    }
+fn timed_out<E: std::error::Error>(key: &str, timeout: Duration) -> CommandError<E> {
+    CommandError::Timeout(timeout, format!("a reply from {}", short(key)))
 }
 
 fn stopped<E: std::error::Error>(key: &str) -> CommandError<E> {
@@ -164,17 +125,33 @@ impl<A: Aggregate> AggregateHandle<A> {
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let started = Instant::now();
         self.check_ids(id, options.command_id.as_deref())?;
-        let timeout = options
-            .timeout
-            .unwrap_or(self.shared.config.command_timeout);
+        let config = &self.shared.config;
+        let timeout = options.timeout.unwrap_or(config.command_timeout);
+        let deadline = Deadline {
+            at: deadline(started, timeout),
+            timeout,
+        };
         let key = aggregate_key(A::TYPE, id);
-        let routed = self.route(&key, id, command, options.command_id, started);
-        let result = match tokio::time::timeout_at(deadline(started, timeout), routed).await {
-            Ok(result) => result,
-            Err(_) => Err(CommandError::Timeout(
-                timeout,
-                format!("a reply from {}", short(&key)),
-            )),
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            command,
+            command_id: options.command_id,
+            reply,
+            deadline,
+            permit: self.admit()?,
+        };
+        let routed = async {
+            self.deliver(&key, id, queued, started).await?;
+            answer.await.unwrap_or_else(|_| Err(stopped(&key)))
+        };
+        let result = if timeout >= config.tick() * WATCHED_TICKS {
+            // The shard's tick answers it at its deadline (see `instance/inbox.rs`), and
+            // routing is bounded by it: no timer per command.
+            routed.await
+        } else {
+            tokio::time::timeout_at(deadline.at, routed)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(&key, timeout)))
         };
         self.metrics.latency(started.elapsed().as_secs_f64());
         result
@@ -189,6 +166,20 @@ impl<A: Aggregate> AggregateHandle<A> {
             .map_err(|reason| CommandError::InvalidId { reason })
     }
 
+    /// Admits one more request under `max_in_flight`.
+    fn admit(&self) -> Result<InFlightPermit, CommandError<A::Error>> {
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            return Err(CommandError::ShuttingDown);
+        }
+        self.shared.admit().ok_or_else(|| {
+            metrics::counter!(m::OVERLOADED, "limit" => "in_flight").increment(1);
+            CommandError::Overloaded(format!(
+                "{} commands in flight (max_in_flight)",
+                self.shared.config.max_in_flight
+            ))
+        })
+    }
+
     /// Runs `query` on the current state of aggregate `id` (activating it if needed), in line
     /// with its commands: it sees every command answered before it was sent.
     pub async fn query<R: Send + 'static>(
@@ -197,102 +188,106 @@ impl<A: Aggregate> AggregateHandle<A> {
         query: impl FnOnce(&A) -> R + Send + 'static,
     ) -> Result<R, CommandError<A::Error>> {
         self.check_ids(id, None)?;
+        let started = Instant::now();
         let key = aggregate_key(A::TYPE, id);
         let (reply, answer) = oneshot::channel();
-        let request = Request::<A>::Query(Box::new(move |state| {
+        let query: QueryFn<A> = Box::new(move |state| {
             let _ = reply.send(state.map(|(state, _seq)| query(state)));
-        }));
-        let timeout = self.shared.config.command_timeout;
-        let routed = tokio::time::timeout(timeout, async {
-            self.deliver(&key, id, request, Instant::now()).await?;
-            answer.await.unwrap_or_else(|_| Err(stopped(&key)))
         });
-        routed.await.unwrap_or_else(|_| {
-            Err(CommandError::Timeout(
-                timeout,
-                format!("a reply from {}", short(&key)),
-            ))
-        })
+        let timeout = self.shared.config.command_timeout;
+        let until = deadline(started, timeout);
+        let routed = async {
+            let permit = self.admit()?;
+            let message = AggregateMsg::Query {
+                query,
+                _permit: permit,
+            };
+            self.route(&key, id, until, message, |entry, message| {
+                match entry.cell.send_message(message) {
+                    Ok(()) => Offer::Delivered,
+                    Err(MessagingErr::SendErr(message)) => Offer::Retry(message),
+                    Err(other) => Offer::Failed(CommandError::Unavailable {
+                        aggregate: short(&key).into_owned(),
+                        reason: format!("the query cannot be delivered to its actor: {other}"),
+                    }),
+                }
+            })
+            .await?;
+            answer.await.unwrap_or_else(|_| Err(stopped(&key)))
+        };
+        tokio::time::timeout_at(until, routed)
+            .await
+            .unwrap_or_else(|_| Err(timed_out(&key, timeout)))
     }
 
-    async fn route(
-        &self,
-        key: &str,
-        id: &str,
-        command: A::Command,
-        command_id: Option<String>,
-        now: Instant,
-    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
-        let (reply, answer) = oneshot::channel();
-        self.deliver(
-            key,
-            id,
-            Request::Command {
-                command,
-                command_id,
-                reply,
-            },
-            now,
-        )
-        .await?;
-        answer.await.unwrap_or_else(|_| Err(stopped(key)))
-    }
-
-    /// Puts `request` in the mailbox of the live actor of `key`, activating it when needed
-    /// and re-routing when the actor turns out to be draining. `now` is when it was sent (the
+    /// Puts `queued` in the inbox of the live actor of `key`. `now` is when it was sent (the
     /// actor's last use, for passivation).
     async fn deliver(
         &self,
         key: &str,
         id: &str,
-        mut request: Request<A>,
+        queued: Queued<A>,
         now: Instant,
     ) -> Result<(), CommandError<A::Error>> {
-        if self.shared.shutting_down.load(Ordering::Relaxed) {
-            return Err(CommandError::ShuttingDown);
-        }
-        let mut permit = self.shared.admit().ok_or_else(|| {
-            metrics::counter!(m::OVERLOADED, "limit" => "in_flight").increment(1);
-            CommandError::Overloaded(format!(
-                "{} commands in flight (max_in_flight)",
-                self.shared.config.max_in_flight
-            ))
-        })?;
         let now_ms = self.shared.ms_at(now);
+        let capacity = self.shared.config.mailbox_capacity;
+        let until = queued.deadline.at;
+        self.route(key, id, until, queued, |entry, queued| {
+            let Some(inbox) = entry.inbox.as_any().downcast_ref::<Inbox<A>>() else {
+                return Offer::Failed(CommandError::Unavailable {
+                    aggregate: short(key).into_owned(),
+                    reason: "its actor is of another aggregate type".into(),
+                });
+            };
+            entry.last_used.store(now_ms, Ordering::Relaxed);
+            match inbox.push(queued, capacity, &entry.cell) {
+                Ok(()) => Offer::Delivered,
+                Err(Refused::Closed(queued)) => Offer::Retry(queued),
+                Err(Refused::Full) => {
+                    metrics::counter!(m::OVERLOADED, "limit" => "mailbox").increment(1);
+                    Offer::Failed(CommandError::Overloaded(format!(
+                        "{capacity} commands already queued for {} (mailbox_capacity)",
+                        short(key)
+                    )))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Offers `request` to the live actor of `key`, activating it when needed and routing
+    /// again when the actor turns out to be draining (the shard waits for the old actor to
+    /// stop before activating a new one). Gives up with `Timeout` at `until`.
+    async fn route<T>(
+        &self,
+        key: &str,
+        id: &str,
+        until: Instant,
+        mut request: T,
+        mut offer: impl FnMut(&LiveEntry, T) -> Offer<T, A::Error>,
+    ) -> Result<(), CommandError<A::Error>> {
+        let timeout = || timed_out(key, until.saturating_duration_since(Instant::now()));
         for attempt in 0.. {
             if attempt >= MAX_ROUTES {
                 // The aggregate keeps being passivated under us (a live-actor cap far below
                 // the working set): give the shard a moment rather than spinning.
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                if Instant::now() >= until {
+                    return Err(timeout());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let entry = match self.shared.registry.get(key).map(|e| e.clone()) {
                 Some(entry) => entry,
-                None => self.activate(key, id).await?,
+                None => tokio::time::timeout_at(until, self.activate(key, id))
+                    .await
+                    .map_err(|_| timeout())??,
             };
-            let capacity = self.shared.config.mailbox_capacity;
-            if entry.queued.fetch_add(1, Ordering::Relaxed) >= capacity {
-                entry.queued.fetch_sub(1, Ordering::Relaxed);
-                metrics::counter!(m::OVERLOADED, "limit" => "mailbox").increment(1);
-                return Err(CommandError::Overloaded(format!(
-                    "{capacity} commands already queued for {} (mailbox_capacity)",
-                    short(key)
-                )));
-            }
-            entry.last_used.store(now_ms, Ordering::Relaxed);
-            match entry.cell.send_message(request.into_message(permit)) {
-                Ok(()) => return Ok(()),
-                Err(MessagingErr::SendErr(message)) => {
-                    // The actor is draining: its mailbox is closed. Route again; the shard
-                    // waits for the old actor to stop before activating a new one.
-                    entry.queued.fetch_sub(1, Ordering::Relaxed);
+            match offer(&entry, request) {
+                Offer::Delivered => return Ok(()),
+                Offer::Failed(error) => return Err(error),
+                Offer::Retry(back) => {
                     self.shared.unregister(key, entry.cell.get_id());
-                    (request, permit) = Request::from_message(message);
-                }
-                Err(other) => {
-                    return Err(CommandError::Unavailable {
-                        aggregate: short(key).into_owned(),
-                        reason: format!("the command cannot be delivered to its actor: {other}"),
-                    });
+                    request = back;
                 }
             }
         }
@@ -379,20 +374,25 @@ fn spawner<A: Aggregate>(
     key: String,
     id: String,
 ) -> Spawner {
-    Box::new(move |supervisor, part, queued| {
+    Box::new(move |supervisor, part| {
         Box::pin(async move {
+            let inbox = Arc::new(Inbox::<A>::new());
             let args = AggregateArgs {
                 key,
                 id,
                 shared,
                 partition: part,
-                queued,
                 upcasters,
                 metrics,
             };
-            let (actor, _) =
-                Actor::spawn_linked(None, AggregateActor::<A>::new(), args, supervisor).await?;
-            Ok(actor.get_cell())
+            let (actor, _) = Actor::spawn_linked(
+                None,
+                AggregateActor::<A>::new(),
+                (args, inbox.clone()),
+                supervisor,
+            )
+            .await?;
+            Ok((actor.get_cell(), inbox as Arc<dyn Mailbox>))
         })
     })
 }

@@ -2,11 +2,12 @@
 //! after it), then serves commands one at a time: decide, evolve, append and await
 //! durability, reply. Commands that queue up while it works are taken together and run as one
 //! batch (`instance/execute.rs`): still decided one at a time, in order, but appended as one
-//! unit. It is stopped by draining (see [`crate::shard`]), which lets every command already in
-//! its mailbox finish, and snapshots on the way out. Activation is in
-//! `instance/activation.rs`.
+//! unit. Commands wait in the actor's inbox (`instance/inbox.rs`), which keeps their deadlines;
+//! the ractor mailbox carries the wake-ups, queries and the shard's messages. It is stopped by
+//! draining (see [`crate::shard`]), which lets every command its inbox accepted finish, and
+//! snapshots on the way out. Activation is in `instance/activation.rs`.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -15,17 +16,19 @@ use tracing::{Instrument, info_span, warn};
 mod activation;
 mod execute;
 mod guard;
+mod inbox;
 mod live;
 
 pub use execute::Committed;
 use execute::{execute_batch, restarting};
+pub(crate) use inbox::{Deadline, Inbox, Queued, Refused, WATCHED_TICKS};
 pub(crate) use live::AggregateArgs;
 use live::{ActivationFailure, Live, snapshot};
 
 use crate::aggregate::Aggregate;
 use crate::error::{CommandError, short};
 use crate::metrics::Outcome;
-use crate::shared::InFlightPermit;
+use crate::shared::{InFlightPermit, Mailbox};
 
 pub(crate) type Reply<A> = oneshot::Sender<
     Result<Committed<<A as Aggregate>::Event>, CommandError<<A as Aggregate>::Error>>,
@@ -38,19 +41,12 @@ pub(crate) type QueryFn<A> =
 /// Messages of an aggregate actor. Users never see them: they use
 /// [`AggregateHandle`](crate::AggregateHandle).
 pub(crate) enum AggregateMsg<A: Aggregate> {
-    Command {
-        command: A::Command,
-        command_id: Option<String>,
-        reply: Reply<A>,
-        /// The runtime-wide in-flight permit, released when the command is answered.
-        _permit: InFlightPermit,
-    },
+    /// Commands are in the inbox: run them all as the next batch. Sent by whoever queues a
+    /// command when no wake is pending.
+    Wake,
     /// Loads, snapshots if anything is uncovered, and passivates: sent by the shard to
     /// aggregates that hold the partition's checkpoint back (after a crash).
     Compact,
-    /// Runs the commands buffered so far as one batch: sent by the actor to itself when it
-    /// buffers a command, so it arrives after every message already in the mailbox.
-    Flush,
     /// Runs a read-only function on the state, in line with the commands.
     Query {
         query: QueryFn<A>,
@@ -68,25 +64,15 @@ impl<A: Aggregate> AggregateActor<A> {
 
 pub(crate) struct AggregateState<A: Aggregate> {
     args: AggregateArgs,
+    inbox: Arc<Inbox<A>>,
     phase: Phase<A>,
-    /// Commands taken from the mailbox and not yet run: the next batch.
-    pending: Vec<Pending<A>>,
-    /// A `Flush` is in the mailbox.
-    flush_queued: bool,
-}
-
-/// A command waiting for its batch, with what answering it needs.
-struct Pending<A: Aggregate> {
-    command: A::Command,
-    command_id: Option<String>,
-    reply: Reply<A>,
-    /// The runtime-wide in-flight permit, held until the command has been answered.
-    _permit: InFlightPermit,
+    /// The commands of the batch being run; kept, so its room is reused.
+    batch: Vec<(A::Command, Option<String>)>,
 }
 
 enum Phase<A: Aggregate> {
     /// Spawned; the history is loaded when the first command arrives, so the shard never
-    /// waits on I/O and commands queue in the mailbox meanwhile.
+    /// waits on I/O and commands queue in the inbox meanwhile.
     Unloaded,
     Live(Box<Live<A>>),
     /// Activation failed; every queued command gets this error while the actor drains.
@@ -98,18 +84,18 @@ enum Phase<A: Aggregate> {
 impl<A: Aggregate> Actor for AggregateActor<A> {
     type Msg = AggregateMsg<A>;
     type State = AggregateState<A>;
-    type Arguments = AggregateArgs;
+    type Arguments = (AggregateArgs, Arc<Inbox<A>>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        args: AggregateArgs,
+        (args, inbox): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(AggregateState {
             args,
+            inbox,
             phase: Phase::Unloaded,
-            pending: Vec::new(),
-            flush_queued: false,
+            batch: Vec::new(),
         })
     }
 
@@ -119,7 +105,6 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.queued.fetch_sub(1, Ordering::Relaxed);
         if matches!(state.phase, Phase::Unloaded) {
             // Boxed, like the batches and snapshots: an actor's task is sized by its largest
             // future and every live aggregate has one, so the large steps are on the heap
@@ -127,53 +112,33 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
             state.phase = match Box::pin(activation::activate::<A>(&state.args)).await {
                 Ok(live) => Phase::Live(Box::new(live)),
                 Err(failure) => {
-                    // Answer this and every queued command with the failure, then stop; the
-                    // next command after that tries a fresh activation.
-                    stop(&myself, &state.args);
+                    // Answer every queued command with the failure, then stop; the next
+                    // command after that tries a fresh activation.
+                    stop(&myself, state);
                     Phase::Failed(failure)
                 }
             };
         }
         match message {
-            AggregateMsg::Command {
-                command,
-                command_id,
-                reply,
-                _permit,
-            } => {
-                state.pending.push(Pending {
-                    command,
-                    command_id,
-                    reply,
-                    _permit,
-                });
-                if !wait_for_more(&myself, state) {
-                    Box::pin(flush(&myself, state)).await;
-                }
-            }
-            AggregateMsg::Flush => {
-                state.flush_queued = false;
-                Box::pin(flush(&myself, state)).await;
-            }
+            AggregateMsg::Wake => Box::pin(run_inbox(&myself, state)).await,
             AggregateMsg::Compact => {
-                Box::pin(flush(&myself, state)).await;
+                Box::pin(run_inbox(&myself, state)).await;
                 if let Phase::Live(live) = &mut state.phase
                     && live.unsnapshotted > 0
                     && let Err(e) = Box::pin(snapshot(live, &state.args)).await
                 {
                     warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed");
                 }
-                stop(&myself, &state.args);
+                stop(&myself, state);
+                state.inbox.release();
             }
-            AggregateMsg::Query { query, _permit } => {
-                // In line with the commands: it sees every command sent before it.
-                Box::pin(flush(&myself, state)).await;
-                match &state.phase {
-                    Phase::Live(live) => query(Ok((&live.state, live.seq))),
-                    Phase::Failed(failure) => query(Err(failure.to_error(&state.args.key))),
-                    _ => query(Err(restarting(&state.args.key))),
-                }
-            }
+            AggregateMsg::Query { query, _permit } => match &state.phase {
+                // In line with the commands: it sees every command answered before it was
+                // sent.
+                Phase::Live(live) => query(Ok((&live.state, live.seq))),
+                Phase::Failed(failure) => query(Err(failure.to_error(&state.args.key))),
+                _ => query(Err(restarting(&state.args.key))),
+            },
         }
         Ok(())
     }
@@ -183,6 +148,10 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Commands still queued (the actor failed rather than drained) are answered, never
+        // run; the retry activates afresh.
+        let key = &state.args.key;
+        state.inbox.refuse_all(|| restarting(key));
         let shared = &state.args.shared;
         if let Phase::Live(live) = &mut state.phase
             && live.unsnapshotted > 0
@@ -196,65 +165,44 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     }
 }
 
-/// Takes the actor out of the registry and drains it: commands already admitted are
-/// served, later sends fail and are re-routed by the handle to a fresh activation.
-fn stop<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, args: &AggregateArgs) {
-    args.shared.unregister(&args.key, myself.get_id());
+/// Takes the actor out of the registry and drains it: the commands its inbox accepted are
+/// served, later sends are refused and re-routed by the handle to a fresh activation.
+fn stop<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, state: &AggregateState<A>) {
+    state
+        .args
+        .shared
+        .unregister(&state.args.key, myself.get_id());
+    state.inbox.close(&myself.get_cell());
     let _ = myself.drain();
 }
 
-/// Whether to keep the commands buffered so far for a larger batch: only while more
-/// messages are already on their way into the mailbox and the batch has room. A `Flush` sent
-/// to itself (behind those messages) makes sure the batch runs; when it cannot be sent (the
-/// actor is draining) the batch runs now. A lone command runs at once, with no added latency.
-fn wait_for_more<A: Aggregate>(
+/// Runs every command in the inbox as one batch and answers each caller.
+async fn run_inbox<A: Aggregate>(
     myself: &ActorRef<AggregateMsg<A>>,
     state: &mut AggregateState<A>,
-) -> bool {
-    if !matches!(state.phase, Phase::Live(_))
-        || state.pending.len() >= state.args.shared.config.mailbox_capacity
-        || state.args.queued.load(Ordering::Relaxed) == 0
-    {
-        return false;
-    }
-    if state.flush_queued {
-        return true;
-    }
-    state.args.queued.fetch_add(1, Ordering::Relaxed);
-    if myself.send_message(AggregateMsg::Flush).is_ok() {
-        state.flush_queued = true;
-        true
-    } else {
-        state.args.queued.fetch_sub(1, Ordering::Relaxed);
-        false
-    }
-}
-
-/// Runs the buffered commands as one batch and answers each caller.
-async fn flush<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, state: &mut AggregateState<A>) {
-    let AggregateState {
-        args,
-        phase,
-        pending,
-        ..
-    } = state;
-    if pending.is_empty() {
+) {
+    state.inbox.take(&state.args.key, &mut state.batch);
+    if state.batch.is_empty() {
         return;
     }
+    let AggregateState {
+        args,
+        inbox,
+        phase,
+        batch,
+    } = state;
     let live = match phase {
         Phase::Live(live) => live,
         Phase::Failed(failure) => {
-            for p in pending.drain(..) {
-                let _ = p.reply.send(Err(failure.to_error(&args.key)));
-            }
+            let failed = batch.drain(..).map(|_| Err(failure.to_error(&args.key)));
+            inbox.finish(failed.collect());
             return;
         }
         // Draining after a failure: these commands were never applied; they fail with a
         // retryable error and the next attempt activates afresh.
         Phase::Poisoned | Phase::Unloaded => {
-            for p in pending.drain(..) {
-                let _ = p.reply.send(Err(restarting(&args.key)));
-            }
+            let failed = batch.drain(..).map(|_| Err(restarting(&args.key)));
+            inbox.finish(failed.collect());
             return;
         }
     };
@@ -262,15 +210,11 @@ async fn flush<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, state: &mut Agg
         "commands",
         aggregate = A::TYPE,
         id = %short(&args.id),
-        count = pending.len(),
+        count = batch.len(),
     );
-    // Drained, not taken: the buffer keeps its room for the next batch.
-    let mut answers = Vec::with_capacity(pending.len());
-    let batch = pending.drain(..).map(|p| {
-        answers.push((p.reply, p._permit));
-        (p.command, p.command_id)
-    });
-    let outcomes = execute_batch(live, args, batch).instrument(span).await;
+    let outcomes = execute_batch(live, args, batch.drain(..))
+        .instrument(span)
+        .await;
     let mut poisoned = live.broken;
     for outcome in &outcomes {
         args.metrics.command(match outcome {
@@ -284,19 +228,17 @@ async fn flush<A: Aggregate>(myself: &ActorRef<AggregateMsg<A>>, state: &mut Agg
             Err(CommandError::Storage { .. } | CommandError::Panicked { .. })
         );
     }
+    let snapshot_due = !poisoned && live.unsnapshotted >= args.shared.config.snapshots.every_events;
     if poisoned {
-        // Drained before the answers, so a retry sent on an answer finds the mailbox closed
+        // Drained before the answers, so a retry sent on an answer finds the inbox closed
         // and waits for a fresh activation instead of failing here.
-        stop(myself, args);
-    }
-    for ((reply, _permit), outcome) in answers.into_iter().zip(outcomes) {
-        let _ = reply.send(outcome);
-    }
-    if poisoned {
         state.phase = Phase::Poisoned;
-    } else if live.unsnapshotted >= args.shared.config.snapshots.every_events
-        && let Err(e) = snapshot(live, args).await
-    {
+        stop(myself, state);
+        state.inbox.finish(outcomes);
+        return;
+    }
+    inbox.finish(outcomes);
+    if snapshot_due && let Err(e) = snapshot(live, args).await {
         warn!(aggregate = %short(&args.key), error = %e, "snapshot failed; will retry");
     }
 }

@@ -17,6 +17,7 @@
 //! | `shard.rs` | the shard actor per partition: get-or-spawn, passivation, recovery |
 //! | `instance.rs` | the aggregate actor: its messages, activation on the first one, batching what queues up, passivation |
 //! | `instance/execute.rs` | [`Committed`]; a batch of queued commands: decided in order, appended as one unit, answered one by one |
+//! | `instance/inbox.rs` | an actor's queued commands with their replies and deadlines; one wake-up per burst |
 //! | `instance/live.rs` | a live aggregate's state and arguments; writing its snapshot |
 //! | `instance/guard.rs` | panics in application code (upcasters, serde) as errors |
 //! | `instance/activation.rs` | activation: the snapshot, then the events after it |

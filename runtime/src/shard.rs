@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::FutureExt;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -219,9 +219,8 @@ impl ShardState {
             self.waiting.entry(key).or_default().push((spawner, reply));
             return;
         }
-        let queued = Arc::new(AtomicUsize::new(0));
-        let cell = match spawner(myself.get_cell(), self.part.clone(), queued.clone()).await {
-            Ok(cell) => cell,
+        let (cell, inbox) = match spawner(myself.get_cell(), self.part.clone()).await {
+            Ok(spawned) => spawned,
             Err(e) => {
                 let _ = reply.send(Err(ActivateError::Spawn(e.to_string())));
                 return;
@@ -230,7 +229,7 @@ impl ShardState {
         let entry = Arc::new(LiveEntry {
             cell: cell.clone(),
             last_used: AtomicU64::new(self.shared.now_ms()),
-            queued,
+            inbox,
         });
         self.keys.insert(cell.get_id(), key.clone());
         self.actors.insert(key.clone(), entry.clone());
@@ -243,11 +242,14 @@ impl ShardState {
 
     async fn maintain(&mut self, myself: &ActorRef<ShardMsg>) {
         let now = self.shared.now_ms();
+        let instant = tokio::time::Instant::now();
         let idle_ms = self.shared.config.idle_timeout.as_millis() as u64;
         for (key, entry) in &self.actors {
+            // The deadlines of the commands of every actor, draining ones included.
+            entry.inbox.expire(key, instant);
             let last = entry.last_used.load(Ordering::Relaxed);
             if now.saturating_sub(last) >= idle_ms
-                && entry.queued.load(Ordering::Relaxed) == 0
+                && entry.inbox.idle()
                 && self.shared.passivate(key, entry)
             {
                 metrics::counter!(m::PASSIVATIONS, "reason" => "idle").increment(1);
@@ -322,11 +324,11 @@ impl ShardState {
             let (reply, _) = oneshot::channel();
             self.activate(myself, key.clone(), spawner, reply).await;
             if let Some(entry) = self.actors.get(&key) {
-                entry.queued.fetch_add(1, Ordering::Relaxed);
+                entry.inbox.reserve();
                 if (aggregate_type.compact)(&entry.cell) {
                     self.settling.running.insert(key.clone());
                 } else {
-                    entry.queued.fetch_sub(1, Ordering::Relaxed);
+                    entry.inbox.release();
                 }
                 debug!(aggregate = %short(&key), "settling an aggregate that holds the checkpoint back");
             }

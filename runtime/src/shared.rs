@@ -3,7 +3,7 @@
 //! `max_in_flight`, and the passivation policy. Every part of the core (shards, aggregate
 //! actors, handles, the runtime) holds an `Arc<Shared>`; this module imports none of them.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -105,7 +105,7 @@ impl Shared {
             .remove_if(key, |_, e| Arc::ptr_eq(e, entry))
             .is_some();
         if removed {
-            let _ = entry.cell.drain();
+            entry.drain();
         }
         removed
     }
@@ -125,7 +125,7 @@ impl Shared {
             .registry
             .iter()
             // Only idle actors: passivating one with queued commands would just bounce them.
-            .filter(|e| e.value().queued.load(Ordering::Relaxed) == 0)
+            .filter(|e| e.value().inbox.idle())
             .map(|e| {
                 (
                     e.value().last_used.load(Ordering::Relaxed),
@@ -152,18 +152,42 @@ pub(crate) struct LiveEntry {
     pub(crate) cell: ActorCell,
     /// Milliseconds since the runtime started, at the last command sent to it.
     pub(crate) last_used: AtomicU64,
-    /// Commands sent but not yet picked up (the bounded mailbox).
-    pub(crate) queued: Arc<AtomicUsize>,
+    /// The actor's typed inbox (the handle downcasts it).
+    pub(crate) inbox: Arc<dyn Mailbox>,
 }
 
-/// Spawns one typed aggregate actor, linked to the shard. Built by the typed handle, run by
-/// the shard.
+impl LiveEntry {
+    /// Closes the inbox, then drains the actor: the commands it accepted run, later ones
+    /// are refused and re-routed.
+    pub(crate) fn drain(&self) {
+        self.inbox.close(&self.cell);
+        let _ = self.cell.drain();
+    }
+}
+
+/// What the shard and the runtime need of an actor's inbox, whatever its aggregate type.
+pub(crate) trait Mailbox: Send + Sync {
+    /// Nothing queued, running or reserved.
+    fn idle(&self) -> bool;
+    /// Marks the actor busy for a message the shard sends it (`Compact`).
+    fn reserve(&self);
+    /// Ends a [`reserve`](Mailbox::reserve).
+    fn release(&self);
+    /// Answers every command past its deadline at `now` with `Timeout`; `key` is the
+    /// aggregate's, for the errors.
+    fn expire(&self, key: &str, now: tokio::time::Instant);
+    /// Refuses further commands; wakes the actor `cell` for the ones left.
+    fn close(&self, cell: &ActorCell);
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Spawns one typed aggregate actor, linked to the shard; returns it with its inbox. Built
+/// by the typed handle, run by the shard.
 pub(crate) type Spawner = Box<
     dyn FnOnce(
             ActorCell,
             Arc<PartitionState>,
-            Arc<AtomicUsize>,
-        ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>
+        ) -> BoxFuture<'static, Result<(ActorCell, Arc<dyn Mailbox>), SpawnErr>>
         + Send,
 >;
 

@@ -649,3 +649,65 @@ async fn a_command_is_not_answered_before_its_append_is_durable() {
     gate.add_permits(100);
     runtime.shutdown().await.unwrap();
 }
+
+/// A command held in an append that does not end is answered `Timeout` at its deadline, and
+/// so is one queued behind it, which never runs. Both the timeouts the maintenance tick
+/// watches (long against the tick) and the short ones, which get a timer of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_past_its_deadline_is_answered_timeout_and_a_queued_one_never_runs() {
+    for (timeout, watched) in [
+        (Duration::from_millis(300), true),
+        (Duration::from_millis(30), false),
+    ] {
+        let log = Arc::new(GatedLog::new(1));
+        let gate = log.gate.clone();
+        let runtime = Runtime::builder()
+            .backend(log.clone())
+            // 16 ticks of 5 ms: the tick watches 300 ms, not 30 ms.
+            .maintenance_interval(Duration::from_millis(5))
+            .command_timeout(timeout)
+            .start()
+            .await
+            .unwrap();
+        let accounts = runtime.aggregate::<Account>();
+        let a = accounts.clone();
+        let first = tokio::spawn(async move { a.send("x", Cmd::Deposit(1)).await });
+        eventually("the first append is held", || {
+            log.appends.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+        let queued = accounts.send("x", Cmd::Deposit(2)).await;
+        let first = tokio::time::timeout(Duration::from_secs(30), first)
+            .await
+            .expect("the held command is answered")
+            .unwrap();
+        for (which, outcome) in [("held", &first), ("queued", &queued)] {
+            match outcome {
+                Err(CommandError::Timeout(t, what)) => {
+                    assert_eq!(*t, timeout, "{which}, watched {watched}");
+                    assert!(what.contains("Account/x"), "{which}: {what}");
+                }
+                other => panic!("{which} command, watched {watched}: {other:?}"),
+            }
+        }
+        // The held append goes through; the queued command, timed out before it ran, never
+        // does: the next command is decided on the first one's state alone.
+        gate.add_permits(100);
+        let next = accounts
+            .send_with(
+                "x",
+                Cmd::Deposit(4),
+                SendOptions::default().timeout(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap();
+        if watched {
+            assert_eq!(next.seq, 2, "the timed-out queued command ran");
+            assert_eq!(log.inner.all_records().len(), 2);
+        } else {
+            // A caller's own timer gave up on it; it was still queued and may have run.
+            assert!(next.seq >= 2);
+        }
+        runtime.shutdown().await.unwrap();
+    }
+}

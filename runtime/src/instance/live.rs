@@ -2,7 +2,6 @@
 //! spawned with ([`AggregateArgs`]), why an activation failed, and writing its snapshot.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use crate::aggregate::Aggregate;
 use crate::dedup::DedupWindow;
@@ -21,7 +20,6 @@ pub(crate) struct AggregateArgs {
     pub(crate) id: String,
     pub(crate) shared: Arc<Shared>,
     pub(crate) partition: Arc<PartitionState>,
-    pub(crate) queued: Arc<AtomicUsize>,
     pub(crate) upcasters: Arc<Upcasters>,
     pub(crate) metrics: Arc<CommandMetrics>,
 }
