@@ -66,8 +66,6 @@ pub(crate) struct AggregateState<A: Aggregate> {
     args: AggregateArgs,
     inbox: Arc<Inbox<A>>,
     phase: Phase<A>,
-    /// The commands of the batch being run; kept, so its room is reused.
-    batch: Vec<(A::Command, Option<String>)>,
 }
 
 enum Phase<A: Aggregate> {
@@ -95,7 +93,6 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
             args,
             inbox,
             phase: Phase::Unloaded,
-            batch: Vec::new(),
         })
     }
 
@@ -181,28 +178,28 @@ async fn run_inbox<A: Aggregate>(
     myself: &ActorRef<AggregateMsg<A>>,
     state: &mut AggregateState<A>,
 ) {
-    state.inbox.take(&state.args.key, &mut state.batch);
-    if state.batch.is_empty() {
-        return;
-    }
-    let AggregateState {
-        args,
-        inbox,
-        phase,
-        batch,
-    } = state;
+    let mut batch = state.inbox.take(&state.args.key);
+    let AggregateState { args, inbox, phase } = state;
     let live = match phase {
+        _ if batch.is_empty() => {
+            inbox.finish(batch, Vec::new());
+            return;
+        }
         Phase::Live(live) => live,
         Phase::Failed(failure) => {
             let failed = batch.drain(..).map(|_| Err(failure.to_error(&args.key)));
-            inbox.finish(failed.collect());
+            let failed = failed.collect();
+            inbox.finish(batch, failed);
             return;
         }
         // Draining after a failure: these commands were never applied; they fail with a
         // retryable error and the next attempt activates afresh.
         Phase::Poisoned | Phase::Unloaded => {
-            let failed = batch.drain(..).map(|_| Err(restarting(&args.key)));
-            inbox.finish(failed.collect());
+            let failed = batch
+                .drain(..)
+                .map(|_| Err(restarting(&args.key)))
+                .collect();
+            inbox.finish(batch, failed);
             return;
         }
     };
@@ -234,10 +231,10 @@ async fn run_inbox<A: Aggregate>(
         // and waits for a fresh activation instead of failing here.
         state.phase = Phase::Poisoned;
         stop(myself, state);
-        state.inbox.finish(outcomes);
+        state.inbox.finish(batch, outcomes);
         return;
     }
-    inbox.finish(outcomes);
+    inbox.finish(batch, outcomes);
     if snapshot_due && let Err(e) = snapshot(live, args).await {
         warn!(aggregate = %short(&args.key), error = %e, "snapshot failed; will retry");
     }

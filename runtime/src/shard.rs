@@ -244,10 +244,14 @@ impl ShardState {
         let now = self.shared.now_ms();
         let instant = tokio::time::Instant::now();
         let idle_ms = self.shared.config.idle_timeout.as_millis() as u64;
+        let tick_ms = self.shared.config.tick().as_millis() as u64;
         for (key, entry) in &self.actors {
             // The deadlines of the commands of every actor, draining ones included.
             entry.inbox.expire(key, instant);
             let last = entry.last_used.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= tick_ms {
+                entry.inbox.shrink();
+            }
             if now.saturating_sub(last) >= idle_ms
                 && entry.inbox.idle()
                 && self.shared.passivate(key, entry)

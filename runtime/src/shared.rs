@@ -176,6 +176,8 @@ pub(crate) trait Mailbox: Send + Sync {
     /// Answers every command past its deadline at `now` with `Timeout`; `key` is the
     /// aggregate's, for the errors.
     fn expire(&self, key: &str, now: tokio::time::Instant);
+    /// Gives back the room of past batches (an actor idle for a while).
+    fn shrink(&self);
     /// Refuses further commands; wakes the actor `cell` for the ones left.
     fn close(&self, cell: &ActorCell);
     fn as_any(&self) -> &dyn Any;

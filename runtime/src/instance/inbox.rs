@@ -72,6 +72,8 @@ struct State<A: Aggregate> {
     /// The replies of the batch the actor runs now, by position; `None` once answered by
     /// [`Inbox::expire`].
     running: Vec<Option<Running<A>>>,
+    /// The room of the last batch's commands, handed out again by the next `take`.
+    spare: Vec<(A::Command, Option<String>)>,
     closed: bool,
     /// A `Wake` is in the actor's mailbox and has not taken the queue yet.
     woken: bool,
@@ -94,6 +96,7 @@ impl<A: Aggregate> Inbox<A> {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 running: Vec::new(),
+                spare: Vec::new(),
                 closed: false,
                 woken: false,
             }),
@@ -134,14 +137,20 @@ impl<A: Aggregate> Inbox<A> {
         Ok(())
     }
 
-    /// Takes the queue as the next batch: the commands into `batch`, their replies kept here
+    /// Takes the queue as the next batch, the commands in order; their replies stay here
     /// until [`finish`](Self::finish). Those already past their deadline are answered and
     /// never run. `key` is the aggregate's, for the errors.
-    pub(crate) fn take(&self, key: &str, batch: &mut Vec<(A::Command, Option<String>)>) {
+    pub(crate) fn take(&self, key: &str) -> Vec<(A::Command, Option<String>)> {
         let now = Instant::now();
         let mut state = self.lock();
         state.woken = false;
-        let State { queue, running, .. } = &mut *state;
+        let State {
+            queue,
+            running,
+            spare,
+            ..
+        } = &mut *state;
+        let mut batch = std::mem::take(spare);
         for queued in queue.drain(..) {
             if queued.deadline.at <= now {
                 let _ = queued.reply.send(Err(timed_out(key, queued.deadline)));
@@ -155,12 +164,19 @@ impl<A: Aggregate> Inbox<A> {
                 _permit: queued.permit,
             }));
         }
+        batch
     }
 
     /// Answers the batch taken last with its `outcomes`, in order (those `expire` answered
-    /// already are skipped).
-    pub(crate) fn finish(&self, outcomes: Vec<Outcome<A>>) {
+    /// already are skipped), and keeps the emptied `batch` for its room.
+    pub(crate) fn finish(
+        &self,
+        mut batch: Vec<(A::Command, Option<String>)>,
+        outcomes: Vec<Outcome<A>>,
+    ) {
+        batch.clear();
         let mut state = self.lock();
+        state.spare = batch;
         let mut answered = 0;
         for (running, outcome) in state.running.drain(..).zip(outcomes) {
             if let Some(running) = running {
@@ -223,6 +239,18 @@ impl<A: Aggregate> Mailbox for Inbox<A> {
             }
         }
         self.busy.fetch_sub(answered, Ordering::Relaxed);
+    }
+
+    fn shrink(&self) {
+        if !self.idle() {
+            return;
+        }
+        let mut state = self.lock();
+        if state.queue.is_empty() && state.running.is_empty() {
+            state.queue = VecDeque::new();
+            state.running = Vec::new();
+            state.spare = Vec::new();
+        }
     }
 
     fn close(&self, cell: &ActorCell) {
