@@ -16,12 +16,12 @@
 //! ractor's drain marker when commands are left, so every command accepted is answered.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ractor::ActorCell;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::execute::Outcome;
@@ -67,13 +67,18 @@ pub(crate) enum Refused<A: Aggregate> {
     Closed(Queued<A>),
 }
 
+/// The commands of one batch. One fits inline, so an aggregate that gets one command at a
+/// time never allocates for it and keeps no room on the heap between commands.
+pub(crate) type Batch<A> = SmallVec<[(<A as Aggregate>::Command, Option<String>); 1]>;
+
 struct State<A: Aggregate> {
-    queue: VecDeque<Queued<A>>,
+    /// In arrival order; always taken whole.
+    queue: SmallVec<[Queued<A>; 1]>,
     /// The replies of the batch the actor runs now, by position; `None` once answered by
     /// [`Inbox::expire`].
-    running: Vec<Option<Running<A>>>,
+    running: SmallVec<[Option<Running<A>>; 1]>,
     /// The room of the last batch's commands, handed out again by the next `take`.
-    spare: Vec<(A::Command, Option<String>)>,
+    spare: Batch<A>,
     closed: bool,
     /// A `Wake` is in the actor's mailbox and has not taken the queue yet.
     woken: bool,
@@ -94,9 +99,9 @@ impl<A: Aggregate> Inbox<A> {
     pub(crate) fn new() -> Self {
         Inbox {
             state: Mutex::new(State {
-                queue: VecDeque::new(),
-                running: Vec::new(),
-                spare: Vec::new(),
+                queue: SmallVec::new(),
+                running: SmallVec::new(),
+                spare: SmallVec::new(),
                 closed: false,
                 woken: false,
             }),
@@ -132,7 +137,7 @@ impl<A: Aggregate> Inbox<A> {
             }
             state.woken = true;
         }
-        state.queue.push_back(command);
+        state.queue.push(command);
         self.busy.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -140,7 +145,7 @@ impl<A: Aggregate> Inbox<A> {
     /// Takes the queue as the next batch, the commands in order; their replies stay here
     /// until [`finish`](Self::finish). Those already past their deadline are answered and
     /// never run. `key` is the aggregate's, for the errors.
-    pub(crate) fn take(&self, key: &str) -> Vec<(A::Command, Option<String>)> {
+    pub(crate) fn take(&self, key: &str) -> Batch<A> {
         let now = Instant::now();
         let mut state = self.lock();
         state.woken = false;
@@ -169,11 +174,7 @@ impl<A: Aggregate> Inbox<A> {
 
     /// Answers the batch taken last with its `outcomes`, in order (those `expire` answered
     /// already are skipped), and keeps the emptied `batch` for its room.
-    pub(crate) fn finish(
-        &self,
-        mut batch: Vec<(A::Command, Option<String>)>,
-        outcomes: Vec<Outcome<A>>,
-    ) {
+    pub(crate) fn finish(&self, mut batch: Batch<A>, outcomes: Vec<Outcome<A>>) {
         batch.clear();
         let mut state = self.lock();
         state.spare = batch;
@@ -226,7 +227,7 @@ impl<A: Aggregate> Mailbox for Inbox<A> {
                     let _ = queued.reply.send(Err(timed_out(key, queued.deadline)));
                     answered += 1;
                 } else {
-                    state.queue.push_back(queued);
+                    state.queue.push(queued);
                 }
             }
         }
@@ -247,9 +248,9 @@ impl<A: Aggregate> Mailbox for Inbox<A> {
         }
         let mut state = self.lock();
         if state.queue.is_empty() && state.running.is_empty() {
-            state.queue = VecDeque::new();
-            state.running = Vec::new();
-            state.spare = Vec::new();
+            state.queue.shrink_to_fit();
+            state.running.shrink_to_fit();
+            state.spare.shrink_to_fit();
         }
     }
 
