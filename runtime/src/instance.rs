@@ -182,7 +182,7 @@ async fn run_inbox<A: Aggregate>(
     let AggregateState { args, inbox, phase } = state;
     let live = match phase {
         _ if batch.is_empty() => {
-            inbox.finish(batch, Vec::new());
+            inbox.finish(batch, Default::default());
             return;
         }
         Phase::Live(live) => live,

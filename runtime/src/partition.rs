@@ -77,7 +77,11 @@ impl InFlightAppend<'_> {
     /// The append is durable at `offsets`: record them, in the same critical section that
     /// releases the floor, and keep their `values` (one per offset, or none when the tail is
     /// off) in the tail.
-    pub(crate) fn commit(mut self, offsets: std::ops::Range<Offset>, values: Vec<Arc<[u8]>>) {
+    pub(crate) fn commit(
+        mut self,
+        offsets: std::ops::Range<Offset>,
+        values: impl IntoIterator<Item = Arc<[u8]>>,
+    ) {
         self.done = true;
         let budget = &self.partition.budget;
         let mut index = self.partition.lock();

@@ -10,6 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use tracing::debug;
 
 use super::guard::{decode_guarded, panic_message, unwind_to_err};
@@ -48,6 +49,9 @@ pub(crate) fn restarting<E: std::error::Error>(key: &str) -> CommandError<E> {
 pub(super) type Outcome<A> =
     Result<Committed<<A as Aggregate>::Event>, CommandError<<A as Aggregate>::Error>>;
 
+/// The outcomes of one batch, in order; one fits inline (see [`Batch`](super::inbox::Batch)).
+pub(super) type Outcomes<A> = SmallVec<[Outcome<A>; 1]>;
+
 /// How one command of a batch was decided.
 enum Decision<A: Aggregate> {
     /// Answered without the batch's append: a rejection, a remembered outcome, a failure.
@@ -82,7 +86,7 @@ impl<A: Aggregate> Decision<A> {
 
 /// What deciding the batch produced: a decision per command and the records to append.
 struct Decided<A: Aggregate> {
-    decisions: Vec<Decision<A>>,
+    decisions: SmallVec<[Decision<A>; 1]>,
     records: Vec<LogRecord>,
     /// The first decision made on state the batch has not written yet (after the first
     /// command that appends): from there on, nothing stands if the append fails.
@@ -95,7 +99,7 @@ pub(super) async fn execute_batch<A: Aggregate>(
     live: &mut Live<A>,
     args: &AggregateArgs,
     batch: impl ExactSizeIterator<Item = (A::Command, Option<String>)>,
-) -> Vec<Outcome<A>> {
+) -> Outcomes<A> {
     let timestamp_ms = now_ms();
     let Decided {
         decisions,
@@ -198,7 +202,7 @@ pub(super) async fn execute_batch<A: Aggregate>(
         None
     };
 
-    let mut outcomes: Vec<Outcome<A>> = Vec::with_capacity(decisions.len());
+    let mut outcomes = Outcomes::<A>::with_capacity(decisions.len());
     for decision in decisions {
         let outcome = match decision {
             Decision::Answered(outcome) => outcome,
@@ -256,7 +260,7 @@ async fn decide_all<A: Aggregate>(
 ) -> Decided<A> {
     let key = &args.key;
     let mut decided = Decided {
-        decisions: Vec::with_capacity(batch.len()),
+        decisions: SmallVec::with_capacity(batch.len()),
         records: Vec::new(),
         speculative_from: usize::MAX,
     };
@@ -404,10 +408,10 @@ async fn append<A: Aggregate>(
     let count = records.len() as u64;
     // The values the tail keeps once the append is acknowledged (committed, with
     // transactions): copied now, because the append consumes the records.
-    let tail_values: Vec<Arc<[u8]>> = if args.partition.tail_enabled() {
+    let tail_values: SmallVec<[Arc<[u8]>; 1]> = if args.partition.tail_enabled() {
         records.iter().map(|r| Arc::from(&r.value[..])).collect()
     } else {
-        Vec::new()
+        SmallVec::new()
     };
     // Until the append is recorded, the checkpoint cannot pass the end known now. If the
     // append fails (it may still have been written: a lost acknowledgement), the key stays

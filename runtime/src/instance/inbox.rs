@@ -24,7 +24,7 @@ use ractor::ActorCell;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use super::execute::Outcome;
+use super::execute::Outcomes;
 use super::{AggregateMsg, Reply};
 use crate::aggregate::Aggregate;
 use crate::error::{CommandError, short};
@@ -174,7 +174,7 @@ impl<A: Aggregate> Inbox<A> {
 
     /// Answers the batch taken last with its `outcomes`, in order (those `expire` answered
     /// already are skipped), and keeps the emptied `batch` for its room.
-    pub(crate) fn finish(&self, mut batch: Batch<A>, outcomes: Vec<Outcome<A>>) {
+    pub(crate) fn finish(&self, mut batch: Batch<A>, outcomes: Outcomes<A>) {
         batch.clear();
         let mut state = self.lock();
         state.spare = batch;
