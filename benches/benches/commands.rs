@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog};
 use keel::{EmbeddedLog, Runtime};
-use keel_benches::Counter;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use keel_benches::{Counter, Echo};
+use ractor::{Actor, ActorRef, RpcReplyPort};
 
 const CONCURRENCY: [usize; 3] = [1, 64, 1024];
 
@@ -95,29 +95,6 @@ fn bench_keel(c: &mut Criterion) {
         rt.block_on(runtime.shutdown()).expect("shutdown");
     }
     group.finish();
-}
-
-struct Echo;
-
-impl Actor for Echo {
-    type Msg = RpcReplyPort<u64>;
-    type State = u64;
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<u64, ActorProcessingErr> {
-        Ok(0)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<Self::Msg>,
-        reply: Self::Msg,
-        count: &mut u64,
-    ) -> Result<(), ActorProcessingErr> {
-        *count += 1;
-        let _ = reply.send(*count);
-        Ok(())
-    }
 }
 
 fn bench_baselines(c: &mut Criterion) {

@@ -41,3 +41,31 @@ impl keel::Aggregate for Counter {
         self.count += 1;
     }
 }
+
+/// The raw ractor ask baseline's actor: it answers each ask with its count.
+pub struct Echo;
+
+impl ractor::Actor for Echo {
+    type Msg = ractor::RpcReplyPort<u64>;
+    type State = u64;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<u64, ractor::ActorProcessingErr> {
+        Ok(0)
+    }
+
+    async fn handle(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        reply: Self::Msg,
+        count: &mut u64,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        *count += 1;
+        let _ = reply.send(*count);
+        Ok(())
+    }
+}

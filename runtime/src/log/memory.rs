@@ -27,11 +27,42 @@ pub struct MemoryLog {
 }
 
 struct MemoryPartition {
-    records: Mutex<Vec<StoredRecord>>,
+    records: Mutex<Records>,
     /// The end offset, stored after every append before `appended` wakes long-polling
     /// readers (one lock, where a `watch` channel takes eight).
     end: AtomicU64,
     appended: Notify,
+}
+
+/// How many records one chunk of a partition holds.
+const CHUNK: usize = 4096;
+
+/// A partition's records in chunks of [`CHUNK`], so a growing log never copies what it
+/// holds (one `Vec` would move every record each time it doubles).
+#[derive(Default)]
+struct Records {
+    chunks: Vec<Vec<StoredRecord>>,
+    len: usize,
+}
+
+impl Records {
+    fn push(&mut self, record: StoredRecord) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(record);
+            self.len += 1;
+        }
+    }
+
+    /// Up to `max` records from offset `from` on.
+    fn slice(&self, from: usize, max: usize) -> Vec<StoredRecord> {
+        let stop = from.saturating_add(max).min(self.len);
+        (from.min(stop)..stop)
+            .map(|offset| self.chunks[offset / CHUNK][offset % CHUNK].clone())
+            .collect()
+    }
 }
 
 impl MemoryPartition {
@@ -62,7 +93,7 @@ impl MemoryLog {
         MemoryLog {
             partitions: (0..partitions)
                 .map(|_| MemoryPartition {
-                    records: Mutex::new(Vec::new()),
+                    records: Mutex::new(Records::default()),
                     end: AtomicU64::new(0),
                     appended: Notify::new(),
                 })
@@ -89,7 +120,10 @@ impl MemoryLog {
     pub fn all_records(&self) -> Vec<StoredRecord> {
         self.partitions
             .iter()
-            .flat_map(|p| lock(&p.records).clone())
+            .flat_map(|p| {
+                let records = lock(&p.records);
+                records.slice(0, records.len)
+            })
             .collect()
     }
 
@@ -141,7 +175,7 @@ impl EventLog for MemoryLog {
                 ));
             }
             let mut stored = lock(&part.records);
-            let first = stored.len() as Offset;
+            let first = stored.len as Offset;
             for (i, record) in records.into_iter().enumerate() {
                 stored.push(StoredRecord {
                     position: Position {
@@ -152,7 +186,7 @@ impl EventLog for MemoryLog {
                     value: record.value,
                 });
             }
-            let end = stored.len() as Offset;
+            let end = stored.len as Offset;
             drop(stored);
             part.end.fetch_max(end, Ordering::Release);
             part.appended.notify_waiters();
@@ -180,10 +214,8 @@ impl EventLog for MemoryLog {
         Box::pin(async move {
             let part = self.partition(partition)?;
             part.wait_past(from, wait).await;
-            let stored = lock(&part.records);
-            let start = (from as usize).min(stored.len());
-            let stop = start.saturating_add(max).min(stored.len());
-            Ok(stored[start..stop].to_vec())
+            let from = usize::try_from(from).unwrap_or(usize::MAX);
+            Ok(lock(&part.records).slice(from, max))
         })
     }
 
@@ -237,5 +269,44 @@ impl CheckpointStore for MemoryLog {
 impl LogBackend for MemoryLog {
     fn describe(&self) -> String {
         format!("memory({} partitions)", self.partitions.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_cross_chunks_in_order() {
+        let log = MemoryLog::new(1);
+        for batch in 0..(3 * CHUNK / 100 + 1) {
+            let records = (0..100)
+                .map(|i| LogRecord {
+                    key: format!("k{}", batch * 100 + i),
+                    value: vec![1],
+                })
+                .collect();
+            log.append(0, records).await.expect("append");
+        }
+        let end = log.end_offset(0).await.expect("end");
+        assert_eq!(end as usize, (3 * CHUNK / 100 + 1) * 100);
+        for from in [
+            0,
+            CHUNK - 3,
+            2 * CHUNK - 1,
+            end as usize - 2,
+            end as usize + 5,
+        ] {
+            let read = log
+                .read(0, from as Offset, 10, Duration::ZERO)
+                .await
+                .expect("read");
+            let expected: Vec<usize> = (from..(from + 10).min(end as usize)).collect();
+            let got: Vec<usize> = read.iter().map(|r| r.position.offset as usize).collect();
+            assert_eq!(got, expected, "from {from}");
+            for r in &read {
+                assert_eq!(r.key, format!("k{}", r.position.offset));
+            }
+        }
     }
 }
