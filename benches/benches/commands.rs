@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use keel::EmbeddedLog;
 use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog};
-use keel::{EmbeddedLog, Runtime};
-use keel_benches::{Counter, Echo};
+use keel_benches::{Counter, Echo, bench_runtime};
 use ractor::{Actor, ActorRef, RpcReplyPort};
 
 const CONCURRENCY: [usize; 3] = [1, 64, 1024];
@@ -47,15 +47,6 @@ where
         .mul_f64(iters as f64 / (per_task * n as u64) as f64)
 }
 
-async fn start_runtime(backend: Arc<dyn LogBackend>) -> Runtime {
-    Runtime::builder()
-        .backend(backend)
-        .max_live_actors(4096)
-        .start()
-        .await
-        .expect("runtime")
-}
-
 fn bench_keel(c: &mut Criterion) {
     let rt = tokio();
     let mut group = c.benchmark_group("commands");
@@ -72,7 +63,7 @@ fn bench_keel(c: &mut Criterion) {
         ),
     ];
     for (name, backend) in backends {
-        let runtime = rt.block_on(start_runtime(backend));
+        let runtime = rt.block_on(bench_runtime(backend));
         let ids: Arc<Vec<String>> = Arc::new((0..1024).map(|i| format!("c{i}")).collect());
         for n in CONCURRENCY {
             let handle = runtime.aggregate::<Counter>();

@@ -69,3 +69,14 @@ impl ractor::Actor for Echo {
         Ok(())
     }
 }
+
+/// A runtime on `backend` for the command-rate benches: room for every aggregate they touch
+/// to stay live.
+pub async fn bench_runtime(backend: std::sync::Arc<dyn keel::log::LogBackend>) -> keel::Runtime {
+    keel::Runtime::builder()
+        .backend(backend)
+        .max_live_actors(4096)
+        .start()
+        .await
+        .expect("runtime")
+}

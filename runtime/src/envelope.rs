@@ -276,6 +276,20 @@ mod tests {
         assert_eq!(ty, "Cleared");
     }
 
+    /// The envelope `owned`, borrowed.
+    fn borrow(owned: &EventEnvelope) -> EventEnvelopeRef<'_> {
+        EventEnvelopeRef {
+            aggregate_type: &owned.aggregate_type,
+            aggregate_id: &owned.aggregate_id,
+            seq: owned.seq,
+            event_type: &owned.event_type,
+            event_version: owned.event_version,
+            command_id: owned.command_id.as_deref(),
+            timestamp_ms: owned.timestamp_ms,
+            payload: &owned.payload,
+        }
+    }
+
     #[test]
     fn a_borrowed_envelope_encodes_to_the_owned_envelopes_bytes() {
         // Every width of every integer and string marker, on both sides of each boundary.
@@ -321,16 +335,7 @@ mod tests {
                 timestamp_ms,
                 ..envelope(event_type, event_version, payload.clone())
             };
-            let borrowed = EventEnvelopeRef {
-                aggregate_type: &owned.aggregate_type,
-                aggregate_id: &owned.aggregate_id,
-                seq: owned.seq,
-                event_type: &owned.event_type,
-                event_version: owned.event_version,
-                command_id,
-                timestamp_ms: owned.timestamp_ms,
-                payload: &payload,
-            };
+            let borrowed = borrow(&owned);
             assert_eq!(
                 borrowed.encode(),
                 owned.encode(),
@@ -342,16 +347,7 @@ mod tests {
                 timestamp_ms,
                 ..envelope("Renamed", 1, vec![1])
             };
-            let borrowed = EventEnvelopeRef {
-                aggregate_type: &owned.aggregate_type,
-                aggregate_id: &owned.aggregate_id,
-                seq: owned.seq,
-                event_type: &owned.event_type,
-                event_version: owned.event_version,
-                command_id: None,
-                timestamp_ms,
-                payload: &owned.payload,
-            };
+            let borrowed = borrow(&owned);
             assert_eq!(borrowed.encode(), owned.encode(), "ts {timestamp_ms}");
         }
     }

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use keel::log::{EventLog, LogBackend, LogRecord, MemoryLog};
+use keel::log::{EventLog, LogRecord, MemoryLog};
 use keel::{EmbeddedLog, Runtime};
-use keel_benches::{Counter, Echo};
+use keel_benches::{Counter, Echo, bench_runtime};
 use ractor::Actor;
 
 const CONCURRENCY: [usize; 3] = [1, 64, 1024];
@@ -50,8 +50,8 @@ async fn run(rounds: usize, round: Duration) {
         actors
     });
     let raw = Arc::new(EmbeddedLog::open(dir.path().join("raw"), PARTITIONS).expect("raw log"));
-    let memory = start(Arc::new(MemoryLog::new(PARTITIONS))).await;
-    let embedded = start(Arc::new(
+    let memory = bench_runtime(Arc::new(MemoryLog::new(PARTITIONS))).await;
+    let embedded = bench_runtime(Arc::new(
         EmbeddedLog::open(dir.path().join("keel"), PARTITIONS).expect("keel log"),
     ))
     .await;
@@ -119,15 +119,6 @@ async fn run(rounds: usize, round: Duration) {
     for actor in actors.iter() {
         actor.stop(None);
     }
-}
-
-async fn start(backend: Arc<dyn LogBackend>) -> Runtime {
-    Runtime::builder()
-        .backend(backend)
-        .max_live_actors(4096)
-        .start()
-        .await
-        .expect("runtime")
 }
 
 /// The rates of a baseline and keel over alternating rounds.
