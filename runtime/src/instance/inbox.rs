@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ractor::ActorCell;
+use ractor::{ActorCell, ActorStatus};
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
@@ -122,7 +122,10 @@ impl<A: Aggregate> Inbox<A> {
         cell: &ActorCell,
     ) -> Result<(), Refused<A>> {
         let mut state = self.lock();
-        if state.closed {
+        // An actor that failed (rather than drained) never closed its inbox; a wake it had
+        // not taken yet would leave this command waiting for its deadline.
+        if state.closed || cell.get_status() >= ActorStatus::Draining {
+            state.closed = true;
             return Err(Refused::Closed(command));
         }
         if state.queue.len() >= capacity {
