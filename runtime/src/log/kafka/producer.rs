@@ -2,6 +2,7 @@
 //! to it and waiting for the broker's acknowledgement, and in the transactional mode the
 //! transactional producer.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
@@ -109,33 +110,49 @@ impl KafkaLog {
             records,
             reply,
         };
-        // A producer that failed (not fenced) is replaced, at most twice for one append.
+        // A producer that failed (not fenced), or that could not be started the last time
+        // (none is running), is replaced, at most twice for one append.
         let mut replaced = 0;
         loop {
-            let producer = txn.producer.read().await;
-            let Some(running) = &*producer else {
+            if self.closed.load(Ordering::Acquire) {
                 return Err(StorageError::Closed(self.describe()));
-            };
-            if let Some(detail) = running.fenced() {
-                return Err(fenced(detail));
             }
-            if !running.stopped() {
-                match running.send(append) {
-                    Ok(()) => break,
-                    // It stopped meanwhile.
-                    Err(refused) => append = refused,
+            let producer = txn.producer.read().await;
+            if let Some(running) = &*producer {
+                if let Some(detail) = running.fenced() {
+                    return Err(fenced(detail));
+                }
+                if !running.stopped() {
+                    match running.send(append) {
+                        Ok(()) => break,
+                        // It stopped meanwhile.
+                        Err(refused) => append = refused,
+                    }
                 }
             }
             drop(producer);
             if replaced == 2 {
-                return Err(StorageError::Closed(self.describe()));
+                return Err(StorageError::io(
+                    self.at("appending to", topic, partition, None),
+                    std::io::Error::other(
+                        "the transactional producer stopped twice; the append is not written",
+                    ),
+                ));
             }
             replaced += 1;
             self.ensure_producer(txn, partition).await?;
         }
-        committed
-            .await
-            .map_err(|_| StorageError::Closed(self.describe()))?
+        committed.await.unwrap_or_else(|_| {
+            Err(if self.closed.load(Ordering::Acquire) {
+                StorageError::Closed(self.describe())
+            } else {
+                // The producer stopped with the append queued: it was never sent.
+                StorageError::io(
+                    self.at("appending to", topic, partition, None),
+                    std::io::Error::other("the transactional producer stopped before sending it"),
+                )
+            })
+        })
     }
 
     /// Waits until no open transaction holds a group offset for `partition` in the
