@@ -195,7 +195,10 @@ impl<A: Aggregate> AggregateHandle<A> {
             let _ = reply.send(state.map(|(state, _seq)| query(state)));
         });
         let timeout = self.shared.config.command_timeout;
-        let until = deadline(started, timeout);
+        let until = Deadline {
+            at: deadline(started, timeout),
+            timeout,
+        };
         let routed = async {
             let permit = self.admit()?;
             let message = AggregateMsg::Query {
@@ -215,7 +218,7 @@ impl<A: Aggregate> AggregateHandle<A> {
             .await?;
             answer.await.unwrap_or_else(|_| Err(stopped(&key)))
         };
-        tokio::time::timeout_at(until, routed)
+        tokio::time::timeout_at(until.at, routed)
             .await
             .unwrap_or_else(|_| Err(timed_out(&key, timeout)))
     }
@@ -231,7 +234,7 @@ impl<A: Aggregate> AggregateHandle<A> {
     ) -> Result<(), CommandError<A::Error>> {
         let now_ms = self.shared.ms_at(now);
         let capacity = self.shared.config.mailbox_capacity;
-        let until = queued.deadline.at;
+        let until = queued.deadline;
         self.route(key, id, until, queued, |entry, queued| {
             let Some(inbox) = entry.inbox.as_any().downcast_ref::<Inbox<A>>() else {
                 return Offer::Failed(CommandError::Unavailable {
@@ -257,28 +260,28 @@ impl<A: Aggregate> AggregateHandle<A> {
 
     /// Offers `request` to the live actor of `key`, activating it when needed and routing
     /// again when the actor turns out to be draining (the shard waits for the old actor to
-    /// stop before activating a new one). Gives up with `Timeout` at `until`.
+    /// stop before activating a new one). Gives up with `Timeout` at the deadline `until`.
     async fn route<T>(
         &self,
         key: &str,
         id: &str,
-        until: Instant,
+        until: Deadline,
         mut request: T,
         mut offer: impl FnMut(&LiveEntry, T) -> Offer<T, A::Error>,
     ) -> Result<(), CommandError<A::Error>> {
-        let timeout = || timed_out(key, until.saturating_duration_since(Instant::now()));
+        let timeout = || timed_out(key, until.timeout);
         for attempt in 0.. {
             if attempt >= MAX_ROUTES {
                 // The aggregate keeps being passivated under us (a live-actor cap far below
                 // the working set): give the shard a moment rather than spinning.
-                if Instant::now() >= until {
+                if Instant::now() >= until.at {
                     return Err(timeout());
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let entry = match self.shared.registry.get(key).map(|e| e.clone()) {
                 Some(entry) => entry,
-                None => tokio::time::timeout_at(until, self.activate(key, id))
+                None => tokio::time::timeout_at(until.at, self.activate(key, id))
                     .await
                     .map_err(|_| timeout())??,
             };

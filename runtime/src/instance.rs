@@ -181,25 +181,19 @@ async fn run_inbox<A: Aggregate>(
     let mut batch = state.inbox.take(&state.args.key);
     let AggregateState { args, inbox, phase } = state;
     let live = match phase {
-        _ if batch.is_empty() => {
-            inbox.finish(batch, Default::default());
-            return;
-        }
-        Phase::Live(live) => live,
-        Phase::Failed(failure) => {
-            let failed = batch.drain(..).map(|_| Err(failure.to_error(&args.key)));
-            let failed = failed.collect();
-            inbox.finish(batch, failed);
-            return;
-        }
-        // Draining after a failure: these commands were never applied; they fail with a
-        // retryable error and the next attempt activates afresh.
-        Phase::Poisoned | Phase::Unloaded => {
-            let failed = batch
-                .drain(..)
-                .map(|_| Err(restarting(&args.key)))
-                .collect();
-            inbox.finish(batch, failed);
+        Phase::Live(live) if !batch.is_empty() => live,
+        _ => {
+            // Nothing to run, or no state to run it on: the activation's failure, or (draining
+            // after a failure, never applied) a retryable error; the next attempt activates
+            // afresh.
+            let refused = batch.drain(..).map(|_| {
+                Err(match phase {
+                    Phase::Failed(failure) => failure.to_error(&args.key),
+                    _ => restarting(&args.key),
+                })
+            });
+            let refused = refused.collect();
+            inbox.finish(batch, refused);
             return;
         }
     };

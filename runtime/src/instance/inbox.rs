@@ -17,7 +17,7 @@
 
 use std::any::Any;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ractor::{ActorCell, ActorStatus};
@@ -89,10 +89,24 @@ pub(crate) struct Inbox<A: Aggregate> {
     /// Commands queued or running, plus the shard's reservations: zero means idle. Read
     /// without the lock.
     busy: AtomicUsize,
+    /// A batch outgrew the inline room: [`Mailbox::shrink`] has heap room to give back.
+    spilled: AtomicBool,
 }
 
 fn timed_out<E: std::error::Error>(key: &str, deadline: Deadline) -> CommandError<E> {
     CommandError::Timeout(deadline.timeout, format!("a reply from {}", short(key)))
+}
+
+impl<A: Aggregate> Queued<A> {
+    /// The command, unless it is past its deadline at `now`: then it is answered `Timeout`
+    /// and dropped, never run.
+    fn unless_expired(self, key: &str, now: Instant) -> Option<Self> {
+        if self.deadline.at > now {
+            return Some(self);
+        }
+        let _ = self.reply.send(Err(timed_out(key, self.deadline)));
+        None
+    }
 }
 
 impl<A: Aggregate> Inbox<A> {
@@ -106,6 +120,7 @@ impl<A: Aggregate> Inbox<A> {
                 woken: false,
             }),
             busy: AtomicUsize::new(0),
+            spilled: AtomicBool::new(false),
         }
     }
 
@@ -160,11 +175,10 @@ impl<A: Aggregate> Inbox<A> {
         } = &mut *state;
         let mut batch = std::mem::take(spare);
         for queued in queue.drain(..) {
-            if queued.deadline.at <= now {
-                let _ = queued.reply.send(Err(timed_out(key, queued.deadline)));
+            let Some(queued) = queued.unless_expired(key, now) else {
                 self.busy.fetch_sub(1, Ordering::Relaxed);
                 continue;
-            }
+            };
             batch.push((queued.command, queued.command_id));
             running.push(Some(Running {
                 reply: queued.reply,
@@ -180,6 +194,9 @@ impl<A: Aggregate> Inbox<A> {
     pub(crate) fn finish(&self, mut batch: Batch<A>, outcomes: Outcomes<A>) {
         batch.clear();
         let mut state = self.lock();
+        if batch.spilled() || state.queue.spilled() || state.running.spilled() {
+            self.spilled.store(true, Ordering::Relaxed);
+        }
         state.spare = batch;
         let mut answered = 0;
         for (running, outcome) in state.running.drain(..).zip(outcomes) {
@@ -226,11 +243,9 @@ impl<A: Aggregate> Mailbox for Inbox<A> {
         if state.queue.iter().any(|q| q.deadline.at <= now) {
             let queue = std::mem::take(&mut state.queue);
             for queued in queue {
-                if queued.deadline.at <= now {
-                    let _ = queued.reply.send(Err(timed_out(key, queued.deadline)));
-                    answered += 1;
-                } else {
-                    state.queue.push(queued);
+                match queued.unless_expired(key, now) {
+                    Some(queued) => state.queue.push(queued),
+                    None => answered += 1,
                 }
             }
         }
@@ -246,7 +261,8 @@ impl<A: Aggregate> Mailbox for Inbox<A> {
     }
 
     fn shrink(&self) {
-        if !self.idle() {
+        // Checked without the lock: the shard asks every idle actor on every tick.
+        if !self.spilled.load(Ordering::Relaxed) || !self.idle() {
             return;
         }
         let mut state = self.lock();
@@ -254,6 +270,7 @@ impl<A: Aggregate> Mailbox for Inbox<A> {
             state.queue.shrink_to_fit();
             state.running.shrink_to_fit();
             state.spare.shrink_to_fit();
+            self.spilled.store(false, Ordering::Relaxed);
         }
     }
 
