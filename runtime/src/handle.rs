@@ -75,10 +75,6 @@ enum Offer<T, E: std::error::Error + 'static> {
     Failed(CommandError<E>),
 }
 
-fn timed_out<E: std::error::Error>(key: &str, timeout: Duration) -> CommandError<E> {
-    CommandError::Timeout(timeout, format!("a reply from {}", short(key)))
-}
-
 fn stopped<E: std::error::Error>(key: &str) -> CommandError<E> {
     CommandError::Unavailable {
         aggregate: short(key).into_owned(),
@@ -151,7 +147,7 @@ impl<A: Aggregate> AggregateHandle<A> {
         } else {
             tokio::time::timeout_at(deadline.at, routed)
                 .await
-                .unwrap_or_else(|_| Err(timed_out(&key, timeout)))
+                .unwrap_or_else(|_| Err(deadline.timed_out(&key)))
         };
         self.metrics.latency(started.elapsed().as_secs_f64());
         result
@@ -220,7 +216,7 @@ impl<A: Aggregate> AggregateHandle<A> {
         };
         tokio::time::timeout_at(until.at, routed)
             .await
-            .unwrap_or_else(|_| Err(timed_out(&key, timeout)))
+            .unwrap_or_else(|_| Err(until.timed_out(&key)))
     }
 
     /// Puts `queued` in the inbox of the live actor of `key`. `now` is when it was sent (the
@@ -269,13 +265,12 @@ impl<A: Aggregate> AggregateHandle<A> {
         mut request: T,
         mut offer: impl FnMut(&LiveEntry, T) -> Offer<T, A::Error>,
     ) -> Result<(), CommandError<A::Error>> {
-        let timeout = || timed_out(key, until.timeout);
         for attempt in 0.. {
             if attempt >= MAX_ROUTES {
                 // The aggregate keeps being passivated under us (a live-actor cap far below
                 // the working set): give the shard a moment rather than spinning.
                 if Instant::now() >= until.at {
-                    return Err(timeout());
+                    return Err(until.timed_out(key));
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -283,7 +278,7 @@ impl<A: Aggregate> AggregateHandle<A> {
                 Some(entry) => entry,
                 None => tokio::time::timeout_at(until.at, self.activate(key, id))
                     .await
-                    .map_err(|_| timeout())??,
+                    .map_err(|_| until.timed_out(key))??,
             };
             match offer(&entry, request) {
                 Offer::Delivered => return Ok(()),

@@ -93,8 +93,11 @@ pub(crate) struct Inbox<A: Aggregate> {
     spilled: AtomicBool,
 }
 
-fn timed_out<E: std::error::Error>(key: &str, deadline: Deadline) -> CommandError<E> {
-    CommandError::Timeout(deadline.timeout, format!("a reply from {}", short(key)))
+impl Deadline {
+    /// The answer of a command to `key` that reached this deadline.
+    pub(crate) fn timed_out<E: std::error::Error>(&self, key: &str) -> CommandError<E> {
+        CommandError::Timeout(self.timeout, format!("a reply from {}", short(key)))
+    }
 }
 
 impl<A: Aggregate> Queued<A> {
@@ -104,7 +107,7 @@ impl<A: Aggregate> Queued<A> {
         if self.deadline.at > now {
             return Some(self);
         }
-        let _ = self.reply.send(Err(timed_out(key, self.deadline)));
+        let _ = self.reply.send(Err(self.deadline.timed_out(key)));
         None
     }
 }
@@ -253,7 +256,7 @@ impl<A: Aggregate> Mailbox for Inbox<A> {
             if slot.as_ref().is_some_and(|r| r.deadline.at <= now)
                 && let Some(running) = slot.take()
             {
-                let _ = running.reply.send(Err(timed_out(key, running.deadline)));
+                let _ = running.reply.send(Err(running.deadline.timed_out(key)));
                 answered += 1;
             }
         }
