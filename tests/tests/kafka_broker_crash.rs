@@ -4,6 +4,8 @@
 //!   `min.insync.replicas` 2): the other two elect a new leader and commands resume without
 //!   a restart (the pause is measured and printed);
 //! - every node of a three-node cluster at once, restarted two seconds later.
+//! - a one-node cluster in the transactional mode, kept down until the start of a
+//!   replacement producer has failed too, then restarted.
 //!
 //! Commands in flight get errors or succeed; the runtime recovers on its own (it is never
 //! restarted). Callers retry a failed command with the same command id, so a command whose
@@ -24,7 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::{AggregateHandle, CommandError, Runtime, SendOptions};
+use keel::{
+    AggregateHandle, CommandError, KafkaConfig, KafkaLog, Runtime, RuntimeBuilder, SendOptions,
+};
 
 use keel::config::SnapshotPolicy;
 use keel_tests::broker::{Cluster, ClusterSpec, kafka_bootstrap, unique_topic_prefix};
@@ -151,6 +155,42 @@ enum Fault {
     Leader,
 }
 
+/// A cluster of its own, a Kafka log on it and a runtime over that log.
+struct Rig {
+    broker: Cluster,
+    log: Arc<KafkaLog>,
+    runtime: Runtime,
+}
+
+impl Rig {
+    async fn start(
+        name: &str,
+        nodes: u32,
+        partitions: u32,
+        log: impl FnOnce(KafkaConfig) -> KafkaConfig,
+        runtime: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+    ) -> Rig {
+        let broker = Cluster::start(ClusterSpec {
+            nodes,
+            ..ClusterSpec::default()
+        })
+        .await;
+        let prefix = unique_topic_prefix(&format!("broker-crash-{name}"));
+        let app = format!("{prefix}-app");
+        let config = keel_tests::kafka_config(broker.bootstrap(), &app, &prefix, partitions);
+        let log = Arc::new(log(config).open().await.expect("open the kafka log"));
+        let runtime = runtime(Runtime::builder().backend(log.clone()).app_id(app))
+            .start()
+            .await
+            .expect("start the runtime");
+        Rig {
+            broker,
+            log,
+            runtime,
+        }
+    }
+}
+
 /// One test at a time in this binary: each runs a cluster of its own.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -180,6 +220,137 @@ async fn whole_cluster_sigkill_on_three_nodes_loses_and_doubles_nothing() {
 async fn whole_cluster_sigkill_on_three_nodes_in_the_transactional_mode_loses_and_doubles_nothing()
 {
     crash_under_load("txn-three-nodes", 3, Fault::WholeCluster, true).await;
+}
+
+/// The transactional producer fails while the only broker is down, and so does the start of
+/// its replacement (`init_transactions` finds no coordinator). Once the broker is back, the
+/// next append starts a producer: an outage that outlasts a producer start does not leave the
+/// log answering "closed" for good.
+///
+/// The broker is killed while a transaction is open and registered with its coordinator (a
+/// long commit interval holds it open), so that transaction can neither commit nor abort and
+/// its producer stops. A transaction the coordinator never heard of aborts locally, and its
+/// producer goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_cannot_start_during_an_outage_is_started_after_it() {
+    if kafka_bootstrap("kafka_broker_crash").is_none() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Rig {
+        broker,
+        log,
+        runtime,
+    } = Rig::start(
+        "txn-start",
+        1,
+        1,
+        |log| {
+            log.transactional(true)
+                // A producer start gives up after this while the broker is down.
+                .delivery_timeout(Duration::from_secs(2))
+                .commit_interval(COMMIT_INTERVAL)
+        },
+        |runtime| runtime,
+    )
+    .await;
+    let tallies = runtime.aggregate::<Tally>();
+    let observed = Observed::default();
+    // Live aggregates: after the first failed append, the next one still live reaches the
+    // stopped producer and starts a replacement (an aggregate whose append failed restarts
+    // from the log, which needs the broker first).
+    const LIVE: usize = 8;
+    const COMMIT_INTERVAL: Duration = Duration::from_millis(600);
+    for i in 0..LIVE {
+        send_until_acked(
+            &tallies,
+            &format!("t{i}"),
+            &format!("before-{i}"),
+            &observed,
+        )
+        .await;
+    }
+
+    let outage_options = |id: String| SendOptions::with_id(id).timeout(Duration::from_secs(20));
+    let open = tokio::spawn({
+        let tallies = tallies.clone();
+        async move {
+            tallies
+                .send_with("t0", 1, outage_options("during-0".into()))
+                .await
+        }
+    });
+    // Its record and partition are acknowledged long before the commit is due.
+    tokio::time::sleep(COMMIT_INTERVAL / 3).await;
+    broker.kill(None).await;
+    let mut errors = Vec::new();
+    match open.await.expect("the command sent before the kill") {
+        Ok(done) => panic!("a transaction committed with the only broker down: {done:?}"),
+        Err(e) if e.is_retryable() => errors.push(e.to_string()),
+        Err(e) => panic!("the command whose transaction the kill cut: {e}"),
+    }
+    // Commands fail until a replacement producer's start has failed too (the first one
+    // should: its producer stopped).
+    let outage = Instant::now();
+    for i in (1..LIVE).cycle() {
+        if errors
+            .iter()
+            .any(|e: &String| e.contains("initialising transactional producer"))
+        {
+            break;
+        }
+        assert!(
+            outage.elapsed() < RECOVERY_DEADLINE,
+            "no producer start failed during the outage; the commands failed with {errors:#?}"
+        );
+        let options = outage_options(format!("during-{i}"));
+        match tallies.send_with(&format!("t{i}"), 1, options).await {
+            Ok(done) => panic!("a command committed with the only broker down: {done:?}"),
+            Err(e) if e.is_retryable() => errors.push(e.to_string()),
+            Err(e) => panic!("a command during the outage: {e}"),
+        }
+    }
+    broker.restart(None).await;
+
+    // The same runtime and log serve again: each retried command once, then a new one.
+    for i in 0..LIVE {
+        for (command, seq) in [("during", 2), ("after", 3)] {
+            let ack = send_until_acked(
+                &tallies,
+                &format!("t{i}"),
+                &format!("{command}-{i}"),
+                &observed,
+            )
+            .await;
+            assert_eq!(ack.seq, seq, "{command}-{i} acknowledged");
+        }
+    }
+    let events = keel_tests::read_committed_events(log.as_ref()).await;
+    let mut found: Vec<(&str, &str, u64)> = events
+        .iter()
+        .map(|e| {
+            let id = e.command_id.as_deref().unwrap_or("?");
+            (e.aggregate_id.as_str(), id, e.seq)
+        })
+        .collect();
+    found.sort_unstable();
+    let commands: Vec<(String, String, u64)> = (0..LIVE)
+        .flat_map(|i| {
+            [("before", 1), ("during", 2), ("after", 3)]
+                .map(|(c, seq)| (format!("t{i}"), format!("{c}-{i}"), seq))
+        })
+        .collect();
+    let mut expected: Vec<(&str, &str, u64)> = commands
+        .iter()
+        .map(|(a, c, seq)| (a.as_str(), c.as_str(), *seq))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(found, expected, "the log after the outage");
+    eprintln!(
+        "kafka_broker_crash[txn-start]: {} failed attempts during the outage, recovered",
+        errors.len()
+    );
+    runtime.shutdown().await.expect("shutdown");
 }
 
 /// The broker id (= `scripts/broker` node number) leading the most partitions of `topic`.
@@ -212,35 +383,24 @@ async fn crash_under_load(name: &str, nodes: u32, fault: Fault, transactional: b
     }
     let _turn = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
-    let broker = Cluster::start(ClusterSpec {
+    let Rig {
+        broker,
+        log,
+        runtime,
+    } = Rig::start(
+        name,
         nodes,
-        ..ClusterSpec::default()
-    })
-    .await;
-    let prefix = unique_topic_prefix(&format!("broker-crash-{name}"));
-    let log = Arc::new(
-        keel_tests::kafka_config(
-            broker.bootstrap(),
-            format!("{prefix}-app"),
-            &prefix,
-            PARTITIONS,
-        )
-        .transactional(transactional)
-        .open()
-        .await
-        .expect("open the kafka log"),
-    );
-    let runtime = Runtime::builder()
-        .backend(log.clone())
-        .app_id(format!("{prefix}-app"))
+        PARTITIONS,
+        |log| log.transactional(transactional),
         // Snapshots every few events, so some are written across the outage too.
-        .snapshots(SnapshotPolicy {
-            every_events: 20,
-            ..SnapshotPolicy::default()
-        })
-        .start()
-        .await
-        .expect("start the runtime");
+        |runtime| {
+            runtime.snapshots(SnapshotPolicy {
+                every_events: 20,
+                ..SnapshotPolicy::default()
+            })
+        },
+    )
+    .await;
     let tallies = runtime.aggregate::<Tally>();
 
     let stop = Arc::new(AtomicBool::new(false));
