@@ -23,7 +23,7 @@ pub use execute::Committed;
 use execute::{execute_batch, restarting};
 pub(crate) use inbox::{Deadline, Inbox, Queued, Refused, WATCHED_TICKS};
 pub(crate) use live::AggregateArgs;
-use live::{ActivationFailure, Live, snapshot};
+use live::{ActivationFailure, Live, own_snapshot};
 
 use crate::aggregate::Aggregate;
 use crate::error::{CommandError, short};
@@ -122,7 +122,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
                 Box::pin(run_inbox(&myself, state)).await;
                 if let Phase::Live(live) = &mut state.phase
                     && live.unsnapshotted > 0
-                    && let Err(e) = Box::pin(snapshot(live, &state.args)).await
+                    && let Err(e) = Box::pin(own_snapshot(live, &state.args)).await
                 {
                     warn!(aggregate = %short(&state.args.key), error = %e, "snapshot failed");
                 }
@@ -153,7 +153,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         if let Phase::Live(live) = &mut state.phase
             && live.unsnapshotted > 0
             && shared.config.snapshots.on_passivation
-            && let Err(e) = Box::pin(snapshot(live, &state.args)).await
+            && let Err(e) = Box::pin(own_snapshot(live, &state.args)).await
         {
             warn!(aggregate = %short(&state.args.key), error = %e, "snapshot on passivation failed");
         }
@@ -229,7 +229,7 @@ async fn run_inbox<A: Aggregate>(
         return;
     }
     inbox.finish(batch, outcomes);
-    if snapshot_due && let Err(e) = snapshot(live, args).await {
+    if snapshot_due && let Err(e) = own_snapshot(live, args).await {
         warn!(aggregate = %short(&args.key), error = %e, "snapshot failed; will retry");
     }
 }

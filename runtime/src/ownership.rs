@@ -27,7 +27,9 @@
 //!
 //! Without transactions, a member that loses its group session (a long pause, a network
 //! partition) is told so only when it next talks to the broker; until then it may still
-//! append. The transactional mode ([`KafkaConfig::transactional`](crate::KafkaConfig))
+//! append. After a pause of its own process it at least writes nothing on its own (no
+//! snapshot, settling or checkpoint) for one session, the time the group takes to tell it
+//! (`PauseGuard` in `shared.rs`). The transactional mode ([`KafkaConfig::transactional`](crate::KafkaConfig))
 //! fences such a zombie through this group (KIP-447): every transaction carries the group
 //! metadata this member last had, which the group coordinator refuses once the group has
 //! moved on, so the zombie's appends fail with [`StorageError::Fenced`] instead of reaching
@@ -47,6 +49,10 @@ use crate::error::{Error, StorageError};
 use crate::log::kafka::KafkaLog;
 use crate::runtime::Runtime;
 use crate::shared::GroupMembership;
+
+/// The group session: a member the coordinator has not heard from for this long loses its
+/// partitions.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the owners of other partitions are looked up again (DescribeGroups).
 const OWNERS_REFRESH: Duration = Duration::from_secs(2);
@@ -243,6 +249,7 @@ impl Membership {
         let bootstrap = config.bootstrap_servers.clone();
         let group = config.app_id.clone();
         log.join_group(&endpoint);
+        runtime.guard_pauses(SESSION_TIMEOUT);
         // The log's client settings (brokers, timeouts, reconnects, the user's properties),
         // with the endpoint as client id: other members find it in the group's description.
         let mut client = log.client_config("member");
@@ -252,7 +259,10 @@ impl Membership {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "10000")
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
             .set("heartbeat.interval.ms", "1000")
             .set("max.poll.interval.ms", "300000")
             .set("auto.offset.reset", "latest");

@@ -255,6 +255,13 @@ impl Runtime {
         self.leave_group().await;
     }
 
+    /// Holds the runtime's own writes back for a group session after a pause of this
+    /// process longer than half of one (see `PauseGuard`).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn guard_pauses(&self, session: Duration) {
+        crate::shared::PauseGuard::watch(&self.shared, session);
+    }
+
     /// Leaves the consumer group, when ownership is configured.
     async fn leave_group(&self) {
         let membership = lock(&self.shared.membership).take();
@@ -563,6 +570,7 @@ impl RuntimeBuilder {
             aggregate_types: DashMap::new(),
             owner_of: DashMap::new(),
             tail_budget: Arc::new(TailBudget::new(self.config.tail_budget_for(&*backend))),
+            pauses: Default::default(),
             membership: std::sync::Mutex::new(None),
             config: self.config,
             backend,

@@ -245,9 +245,15 @@ impl ShardState {
         let instant = tokio::time::Instant::now();
         let idle_ms = self.shared.config.idle_timeout.as_millis() as u64;
         let tick_ms = self.shared.config.tick().as_millis() as u64;
+        // Right after a pause of this process the group may have moved these partitions on:
+        // answer the callers, write nothing (see `PauseGuard`).
+        let held = self.shared.writes_held();
         for (key, entry) in &self.actors {
             // The deadlines of the commands of every actor, draining ones included.
             entry.inbox.expire(key, instant);
+            if held {
+                continue;
+            }
             let last = entry.last_used.load(Ordering::Relaxed);
             if now.saturating_sub(last) >= tick_ms {
                 entry.inbox.shrink();
@@ -259,6 +265,9 @@ impl ShardState {
                 metrics::counter!(m::PASSIVATIONS, "reason" => "idle").increment(1);
                 debug!(aggregate = %short(key), "passivating idle actor");
             }
+        }
+        if held {
+            return;
         }
         self.shared.evict_least_recently_used();
         if self.stopping.is_none() && self.shared.config.snapshots.on_passivation {

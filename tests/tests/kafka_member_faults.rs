@@ -5,8 +5,10 @@
 //! - **SIGSTOP past the session timeout, then SIGCONT**: the group has given its partitions to
 //!   the survivor. When the frozen instance wakes, librdkafka reports the partitions *lost*,
 //!   not revoked: it stops them without writing a snapshot (a revoke would snapshot every live
-//!   aggregate into partitions it no longer owns). It then rejoins and may be given partitions
-//!   again; what it writes after that is a new owner's right.
+//!   aggregate into partitions it no longer owns). Its overdue maintenance tick may run before
+//!   librdkafka has told it so: having noticed its own pause, it writes nothing of its own
+//!   (settling, snapshots, checkpoints) until the group has answered. It then rejoins and may
+//!   be given partitions again; what it writes after that is a new owner's right.
 //! - **SIGSTOP under command load, in the transactional mode**: the frozen instance is a
 //!   zombie with commands in flight. The group fences it (KIP-447): when it wakes, none of
 //!   what it had not committed reaches the log, and every acknowledged command of either
@@ -371,6 +373,14 @@ async fn a_frozen_member_stops_its_lost_partitions_without_writing_snapshots() {
     assert!(
         stderr.contains("partitions lost"),
         "the member saw its partitions {member_owned} lost: {}",
+        member.describe()
+    );
+    // Frozen for longer than its session: on waking, it held its own writes back until the
+    // group had told it the partitions were lost (its overdue maintenance would otherwise
+    // settle and snapshot them as a zombie).
+    assert!(
+        stderr.contains("paused for longer than half a group session"),
+        "the member noticed its pause: {}",
         member.describe()
     );
 

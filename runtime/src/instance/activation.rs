@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::guard::{decode_guarded, panic_message, unwind_to_err};
-use super::live::{ActivationFailure, AggregateArgs, Live, snapshot};
+use super::live::{ActivationFailure, AggregateArgs, Live, own_snapshot};
 use crate::aggregate::Aggregate;
 use crate::dedup::{DedupLimits, DedupWindow};
 use crate::envelope::{EventEnvelope, SnapshotEnvelope};
@@ -100,7 +100,7 @@ pub(super) async fn activate<A: Aggregate>(
         let policy = shared.config.snapshots;
         if policy.after_long_replay
             && replayed > policy.every_events
-            && let Err(e) = snapshot(&mut live, args).await
+            && let Err(e) = own_snapshot(&mut live, args).await
         {
             warn!(aggregate = %short(key), error = %e, "snapshot after replay failed");
         }

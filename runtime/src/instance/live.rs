@@ -81,6 +81,21 @@ pub(super) enum SnapshotError {
     Storage(#[from] StorageError),
 }
 
+/// A snapshot the runtime takes on its own (after a long replay, every so many events, on
+/// passivation, when settling), skipped while the runtime's own writes are held back after
+/// a pause of this process (`Shared::writes_held`): its events stay uncovered, and a later
+/// snapshot covers them.
+pub(super) async fn own_snapshot<A: Aggregate>(
+    live: &mut Live<A>,
+    args: &AggregateArgs,
+) -> Result<(), SnapshotError> {
+    if args.shared.writes_held() {
+        tracing::debug!(aggregate = %short(&args.key), "snapshot held back after a pause");
+        return Ok(());
+    }
+    snapshot(live, args).await
+}
+
 /// Writes a snapshot of the live state and marks its events covered in the recovery index.
 pub(super) async fn snapshot<A: Aggregate>(
     live: &mut Live<A>,
