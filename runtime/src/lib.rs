@@ -14,6 +14,7 @@
 //! | `handle.rs` | [`AggregateHandle`]: the typed command API |
 //! | `ownership.rs` | `KafkaOwnership` (feature `kafka`): partition ownership through the consumer group |
 //! | `shared.rs` | the state the runtime core shares: live actors, shards and their messages, admission, passivation |
+//! | `pause.rs` | noticing a pause of this process; the runtime's own writes held back after one |
 //! | `shard.rs` | the shard actor per partition: get-or-spawn, passivation, recovery |
 //! | `instance.rs` | the aggregate actor: its messages, activation on the first one, batching what queues up, passivation |
 //! | `instance/execute.rs` | [`Committed`]; a batch of queued commands: decided in order, appended as one unit, answered one by one |
@@ -66,6 +67,7 @@ pub mod metrics;
 #[cfg(feature = "kafka")]
 mod ownership;
 mod partition;
+mod pause;
 mod runtime;
 mod shard;
 mod shared;

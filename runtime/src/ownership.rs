@@ -29,8 +29,8 @@
 //! partition) is told so only when it next talks to the broker; until then it may still
 //! append. After a pause of its own process it at least writes nothing on its own (no
 //! snapshot, settling or checkpoint) for one session, the time the group takes to tell it
-//! (`PauseGuard` in `shared.rs`). The transactional mode ([`KafkaConfig::transactional`](crate::KafkaConfig))
-//! fences such a zombie through this group (KIP-447): every transaction carries the group
+//! (`PauseGuard` in `pause.rs`). The transactional mode
+//! ([`KafkaConfig::transactional`](crate::KafkaConfig)) fences such a zombie through this group (KIP-447): every transaction carries the group
 //! metadata this member last had, which the group coordinator refuses once the group has
 //! moved on, so the zombie's appends fail with [`StorageError::Fenced`] instead of reaching
 //! the log.

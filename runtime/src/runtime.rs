@@ -259,7 +259,7 @@ impl Runtime {
     /// process longer than half of one (see `PauseGuard`).
     #[cfg(feature = "kafka")]
     pub(crate) fn guard_pauses(&self, session: Duration) {
-        crate::shared::PauseGuard::watch(&self.shared, session);
+        self.shared.watch_pauses(session);
     }
 
     /// Leaves the consumer group, when ownership is configured.

@@ -3,7 +3,7 @@
 //! - the leader of the busiest partitions of a three-node cluster (replication factor 3,
 //!   `min.insync.replicas` 2): the other two elect a new leader and commands resume without
 //!   a restart (the pause is measured and printed);
-//! - every node of a three-node cluster at once, restarted two seconds later.
+//! - every node of a three-node cluster at once, restarted two seconds later;
 //! - a one-node cluster in the transactional mode, kept down until the start of a
 //!   replacement producer has failed too, then restarted.
 //!
